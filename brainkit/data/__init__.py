@@ -1,0 +1,33 @@
+"""Cohorts, images, splits and the synthetic default.
+
+The public API is re-exported here; see :mod:`brainkit.data.cohort` for the data model.
+"""
+
+from .cohort import (
+    COLUMNS,
+    DIAGNOSES,
+    OPTIONAL_COLUMNS,
+    SPLITS,
+    Cohort,
+    CohortError,
+    concat,
+    validate_table,
+)
+from .paths import data_root
+from .splits import LeakageError, check_no_leakage, official_split, subject_kfold
+
+__all__ = [
+    "COLUMNS",
+    "DIAGNOSES",
+    "OPTIONAL_COLUMNS",
+    "SPLITS",
+    "Cohort",
+    "CohortError",
+    "LeakageError",
+    "check_no_leakage",
+    "concat",
+    "data_root",
+    "official_split",
+    "subject_kfold",
+    "validate_table",
+]

@@ -1,0 +1,461 @@
+"""The cohort model: one table, one row per image, one vocabulary everywhere.
+
+Every dataset, real or synthetic, becomes a :class:`Cohort`: a validated pandas table whose
+row ``i`` describes image ``i`` of an image array on one grid (shape + affine).
+
+Columns (required)::
+
+    image_id, subject_id, session, dataset, site, age, sex, diagnosis, years_from_baseline
+
+Optional columns: ``tiv``, ``field_strength``, ``bio_age``, ``true_gap`` (synthetic ground
+truth), ``split`` (OpenBHB official split), ``path``. ``diagnosis`` uses the vocabulary
+``HC, sMCI, pMCI, MCI, AD``; ``sex`` is ``M`` or ``F``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "DIAGNOSES",
+    "SPLITS",
+    "CohortError",
+    "Cohort",
+    "validate_table",
+    "concat",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "subject_id",
+    "session",
+    "dataset",
+    "site",
+    "age",
+    "sex",
+    "diagnosis",
+    "years_from_baseline",
+)
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "tiv",
+    "field_strength",
+    "bio_age",
+    "true_gap",
+    "split",
+    "path",
+)
+DIAGNOSES: tuple[str, ...] = ("HC", "sMCI", "pMCI", "MCI", "AD")
+SPLITS: tuple[str, ...] = ("train", "internal_test", "external_test")
+
+#: Plausible human ages in years; anything outside is refused.
+AGE_RANGE: tuple[float, float] = (0.0, 120.0)
+
+_SEX_SPELLINGS = {
+    "m": "M",
+    "male": "M",
+    "man": "M",
+    "f": "F",
+    "female": "F",
+    "woman": "F",
+}
+_NUMERIC_OPTIONAL = ("tiv", "field_strength", "bio_age", "true_gap")
+_FORMAT_VERSION = 1
+
+
+class CohortError(ValueError):
+    """A cohort table or image array that does not follow the brainkit data model."""
+
+
+def _where(table: pd.DataFrame, mask: np.ndarray, source: str, limit: int = 5) -> str:
+    """Describe offending rows by position and image id, e.g. ``rows 3 (img-3), 7 (img-7)``."""
+    positions = np.flatnonzero(mask)
+    ids = table["image_id"].astype(str).to_numpy() if "image_id" in table else None
+    parts = []
+    for p in positions[:limit]:
+        parts.append(f"{p} ({ids[p]})" if ids is not None else str(p))
+    more = f" and {len(positions) - limit} more" if len(positions) > limit else ""
+    return f"{source}: row{'s' if len(positions) > 1 else ''} {', '.join(parts)}{more}"
+
+
+def _numeric(table: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+    bad = np.isnan(values) & table[column].notna().to_numpy()
+    if bad.any():
+        examples = table[column][bad].astype(str).head(3).tolist()
+        raise CohortError(
+            f"{_where(table, bad, source)}: column {column!r} must be numeric, got {examples}"
+        )
+    return values
+
+
+def validate_table(table: pd.DataFrame, *, source: str = "table") -> pd.DataFrame:
+    """Check a cohort table and return a normalised copy.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per image with at least the columns in :data:`COLUMNS`.
+    source : str
+        How to name the table in error messages (e.g. a file name).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with a fresh ``RangeIndex``, required columns first, ``image_id``,
+        ``subject_id``, ``dataset``, ``site`` as strings, ``age`` and
+        ``years_from_baseline`` as float64, ``sex`` mapped to ``M`` / ``F``.
+
+    Raises
+    ------
+    CohortError
+        On missing columns, missing or non-numeric or impossible ages, duplicate image ids,
+        unknown diagnosis codes, unknown sex spellings, negative years from baseline, or an
+        unknown split name. The message names the rows (position and image id) at fault.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{source}: expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise CohortError(
+            f"{source}: missing required column(s) {missing}; a cohort table needs "
+            f"{list(COLUMNS)} (optional: {list(OPTIONAL_COLUMNS)})"
+        )
+    if len(table) == 0:
+        raise CohortError(f"{source}: the table has no rows")
+    out = table.reset_index(drop=True).copy()
+
+    for column in ("image_id", "subject_id", "dataset", "site", "session"):
+        null = out[column].isna().to_numpy()
+        if null.any():
+            raise CohortError(f"{_where(out, null, source)}: column {column!r} is empty")
+    for column in ("image_id", "subject_id", "dataset", "site"):
+        out[column] = out[column].astype(str)
+
+    dup = out["image_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        names = sorted(set(out["image_id"][dup]))[:5]
+        raise CohortError(f"{_where(out, dup, source)}: duplicate image_id {names}")
+
+    age = _numeric(out, "age", source)
+    if np.isnan(age).any():
+        raise CohortError(f"{_where(out, np.isnan(age), source)}: column 'age' is missing")
+    impossible = (age < AGE_RANGE[0]) | (age > AGE_RANGE[1])
+    if impossible.any():
+        raise CohortError(
+            f"{_where(out, impossible, source)}: impossible age {age[impossible][:3].tolist()}"
+            f" (expected years in [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}])"
+        )
+    out["age"] = age
+
+    years = _numeric(out, "years_from_baseline", source)
+    bad_years = np.isnan(years) | (years < 0)
+    if bad_years.any():
+        raise CohortError(
+            f"{_where(out, bad_years, source)}: 'years_from_baseline' must be a number >= 0, "
+            f"got {out['years_from_baseline'][bad_years].head(3).tolist()}"
+        )
+    out["years_from_baseline"] = years
+
+    sex_raw = out["sex"].astype("string").str.strip().str.lower()
+    sex = sex_raw.map(_SEX_SPELLINGS)
+    bad_sex = sex.isna().to_numpy()
+    if bad_sex.any():
+        raise CohortError(
+            f"{_where(out, bad_sex, source)}: unknown sex {out['sex'][bad_sex].head(3).tolist()}"
+            " (expected M/F; accepted spellings: "
+            f"{sorted(set(_SEX_SPELLINGS))}, any case)"
+        )
+    out["sex"] = sex.astype(str)
+
+    diagnosis = out["diagnosis"].astype("string").str.strip()
+    bad_dx = (~diagnosis.isin(DIAGNOSES)).fillna(True).to_numpy(dtype=bool)
+    if bad_dx.any():
+        raise CohortError(
+            f"{_where(out, bad_dx, source)}: unknown diagnosis "
+            f"{out['diagnosis'][bad_dx].head(3).tolist()} (vocabulary: {list(DIAGNOSES)}; "
+            "map dataset codes onto it in the manifest, e.g. CN -> HC)"
+        )
+    out["diagnosis"] = diagnosis.astype(str)
+
+    for column in _NUMERIC_OPTIONAL:
+        if column in out:
+            out[column] = _numeric(out, column, source)
+    if "split" in out:
+        split = out["split"].astype("string")
+        bad_split = (~split.isin(SPLITS)).fillna(True).to_numpy(dtype=bool)
+        if bad_split.any():
+            raise CohortError(
+                f"{_where(out, bad_split, source)}: unknown split "
+                f"{out['split'][bad_split].head(3).tolist()} (expected one of {list(SPLITS)})"
+            )
+        out["split"] = split.astype(str)
+
+    ordered = list(COLUMNS) + [c for c in out.columns if c not in COLUMNS]
+    return out[ordered]
+
+
+def _check_affine(affine) -> np.ndarray:
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise CohortError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")
+    if abs(np.linalg.det(a[:3, :3])) < 1e-6:
+        raise CohortError("affine is singular (zero voxel size)")
+    return a
+
+
+class Cohort:
+    """A validated cohort: table, images on one grid, affine.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per image (see :func:`validate_table`).
+    images : numpy.ndarray of shape (n_images, X, Y, Z), or None
+        Image ``i`` belongs to row ``i``. A ``numpy.memmap`` is kept as is (not read into
+        memory). ``None`` makes a table-only cohort (e.g. tabular volumetrics).
+    affine : array-like of shape (4, 4)
+        Voxel-to-world (MNI, mm) transform shared by all images.
+    check_finite : bool, default True
+        Scan the images for NaN / inf (skipped for memory-mapped arrays, whose check happens
+        when they are written by :meth:`save`).
+
+    Examples
+    --------
+    >>> from brainkit.data import Cohort
+    >>> cohort = Cohort(table, images, affine)          # doctest: +SKIP
+    >>> x = cohort.images([0, 1])                       # doctest: +SKIP
+    >>> x.shape, x.dtype                                # doctest: +SKIP
+    ((2, 31, 37, 31), dtype('float32'))
+    """
+
+    def __init__(self, table: pd.DataFrame, images: np.ndarray | None, affine, *,
+                 check_finite: bool = True, _validated: bool = False, _hash: str | None = None):
+        self._table = table if _validated else validate_table(table)
+        self._affine = _check_affine(affine)
+        self._content_hash = _hash
+        if images is None:
+            self._images = None
+            return
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"images must be a numpy array, got {type(images).__name__}")
+        if images.ndim != 4:
+            raise CohortError(
+                f"images must have shape (n_images, X, Y, Z), got {images.ndim}-D shape "
+                f"{images.shape}"
+            )
+        if images.shape[0] != len(self._table):
+            raise CohortError(
+                f"images hold {images.shape[0]} volumes but the table has {len(self._table)} rows"
+            )
+        if not np.issubdtype(images.dtype, np.floating):
+            raise CohortError(f"images must be floating point, got dtype {images.dtype}")
+        if check_finite and not isinstance(images, np.memmap):
+            finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+            if not finite.all():
+                raise CohortError(
+                    f"{_where(self._table, ~finite, 'images')}: volume contains NaN or inf"
+                )
+        self._images = images
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def table(self) -> pd.DataFrame:
+        """The validated table (one row per image, ``RangeIndex``)."""
+        return self._table
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-world affine, shape (4, 4)."""
+        return self._affine
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int] | None:
+        """Image grid ``(X, Y, Z)``; ``None`` for a table-only cohort."""
+        return None if self._images is None else tuple(int(s) for s in self._images.shape[1:])
+
+    @property
+    def has_images(self) -> bool:
+        return self._images is not None
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        datasets = ", ".join(sorted(self._table["dataset"].unique()))
+        grid = "no images" if self._images is None else "x".join(map(str, self.grid_shape))
+        return (f"Cohort({len(self)} images, {self._table['subject_id'].nunique()} subjects, "
+                f"datasets: {datasets}, grid {grid})")
+
+    def _positions(self, indices) -> np.ndarray:
+        if indices is None:
+            return np.arange(len(self))
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise IndexError(f"boolean indices must have shape ({len(self)},), got {idx.shape}")
+            return np.flatnonzero(idx)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            if idx.size == 0:
+                return idx.astype(np.int64).reshape(0)
+            raise IndexError(f"indices must be a 1-D array of integer positions, got {idx.dtype}"
+                             f" with shape {idx.shape}")
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"indices out of range for a cohort of {len(self)} images")
+        return idx
+
+    def images(self, indices=None) -> np.ndarray:
+        """Read images as a float32 array of shape (n, X, Y, Z).
+
+        Parameters
+        ----------
+        indices : array-like of int or bool, optional
+            Positions in the table (``None`` = all images).
+        """
+        if self._images is None:
+            raise CohortError("this cohort has no images (table-only)")
+        idx = self._positions(indices)
+        # Sorted reads are much faster on memory-mapped stores; restore the order after.
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx),) + self._images.shape[1:], dtype=np.float32)
+        out[order] = self._images[idx[order]]
+        return out
+
+    def subset(self, indices) -> Cohort:
+        """A new cohort holding the given rows (positions), in the given order."""
+        idx = self._positions(indices)
+        table = self._table.iloc[idx].reset_index(drop=True)
+        images = None if self._images is None else self.images(idx)
+        return Cohort(table, images, self._affine, _validated=True, check_finite=False)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the table, the affine and the image bytes (computed once)."""
+        if self._content_hash is None:
+            h = hashlib.sha256()
+            h.update(self._table.to_csv(index=False, float_format="%.10g").encode())
+            h.update(np.ascontiguousarray(self._affine, dtype=np.float64).tobytes())
+            if self._images is not None:
+                h.update(str((self._images.shape, str(self._images.dtype))).encode())
+                step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
+                for start in range(0, len(self._images), step):
+                    h.update(np.ascontiguousarray(self._images[start:start + step]).tobytes())
+            self._content_hash = h.hexdigest()
+        return self._content_hash
+
+    # ------------------------------------------------------------------ storage
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the cohort to ``directory``.
+
+        Layout: ``table.parquet``, ``images.npy`` (memory-mappable, float32 or the stored
+        float dtype) and ``cohort.json`` (format version, grid, affine, dtype, content hash).
+        Files are written to temporary names and renamed, so an interrupted save never leaves
+        a half-written file under a final name.
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        _atomic_write(d / "table.parquet", lambda p: self._table.to_parquet(p, index=False))
+        if self._images is not None:
+            def write_images(p):
+                arr = np.lib.format.open_memmap(p, mode="w+", dtype=self._images.dtype,
+                                                shape=self._images.shape)
+                step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
+                for start in range(0, len(self._images), step):
+                    block = np.asarray(self._images[start:start + step])
+                    if not np.isfinite(block).all():
+                        raise CohortError(f"images {start}..{start + len(block) - 1} contain "
+                                          "NaN or inf; refusing to save")
+                    arr[start:start + len(block)] = block
+                arr.flush()
+                del arr
+            _atomic_write(d / "images.npy", write_images)
+        meta = {
+            "format": "brainkit-cohort",
+            "format_version": _FORMAT_VERSION,
+            "n_images": len(self),
+            "grid_shape": list(self.grid_shape) if self.grid_shape else None,
+            "affine": self._affine.tolist(),
+            "dtype": None if self._images is None else str(self._images.dtype),
+            "content_hash": self.content_hash,
+        }
+        _atomic_write(d / "cohort.json",
+                      lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, mmap: bool = True) -> Cohort:
+        """Read a cohort written by :meth:`save` (images memory-mapped by default)."""
+        d = Path(directory)
+        meta_path = d / "cohort.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: {d} is not a saved brainkit cohort")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise CohortError(f"{meta_path}: not valid JSON ({err})") from None
+        if meta.get("format") != "brainkit-cohort":
+            raise CohortError(f"{meta_path}: not a brainkit cohort sidecar")
+        if meta.get("format_version", 0) > _FORMAT_VERSION:
+            raise CohortError(f"{meta_path}: format version {meta['format_version']} is newer "
+                              "than this brainkit understands; upgrade brainkit")
+        table_path = d / "table.parquet"
+        if not table_path.is_file():
+            raise FileNotFoundError(f"{table_path} not found")
+        table = validate_table(pd.read_parquet(table_path), source=str(table_path))
+        images = None
+        if meta.get("grid_shape") is not None:
+            img_path = d / "images.npy"
+            if not img_path.is_file():
+                raise FileNotFoundError(f"{img_path} not found (the sidecar says the cohort has "
+                                        "images)")
+            try:
+                images = np.load(img_path, mmap_mode="r" if mmap else None)
+            except ValueError as err:
+                raise CohortError(f"{img_path}: unreadable image store ({err})") from None
+            expected = (meta["n_images"], *meta["grid_shape"])
+            if tuple(images.shape) != tuple(expected):
+                raise CohortError(f"{img_path}: shape {images.shape}, expected {expected} "
+                                  "from cohort.json (truncated or replaced file?)")
+        return cls(table, images, meta["affine"], _validated=True, check_finite=not mmap,
+                   _hash=meta.get("content_hash"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def concat(cohorts: Sequence[Cohort]) -> Cohort:
+    """Stack cohorts on the same grid into one (tables and images concatenated)."""
+    if not cohorts:
+        raise ValueError("concat needs at least one cohort")
+    first = cohorts[0]
+    for i, c in enumerate(cohorts[1:], 1):
+        if c.grid_shape != first.grid_shape or not np.allclose(c.affine, first.affine):
+            raise CohortError(f"cohort {i} is on grid {c.grid_shape} / affine differs from "
+                              f"cohort 0 ({first.grid_shape}); resample before concatenating")
+    table = pd.concat([c.table for c in cohorts], ignore_index=True)
+    images = None
+    if first.has_images:
+        images = np.concatenate([c.images() for c in cohorts], axis=0)
+    return Cohort(table, images, first.affine, check_finite=False)

@@ -1,0 +1,113 @@
+"""Subject-level splits: age-stratified K-fold, leakage checks, the OpenBHB official split.
+
+A subject's images never cross a split: every function here works on subjects and returns
+positional indices into the cohort table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .cohort import SPLITS
+
+__all__ = ["LeakageError", "subject_kfold", "check_no_leakage", "official_split"]
+
+
+class LeakageError(AssertionError):
+    """A subject appears on both sides of a split."""
+
+
+def _age_bins(subject_age: np.ndarray, n_splits: int) -> np.ndarray:
+    """Quantile bins of subject ages, as many as the data allow (each bin >= n_splits)."""
+    n_bins = max(1, min(10, len(subject_age) // n_splits))
+    while n_bins > 1:
+        edges = np.unique(np.quantile(subject_age, np.linspace(0, 1, n_bins + 1)))
+        bins = np.clip(np.searchsorted(edges, subject_age, side="right") - 1, 0, len(edges) - 2)
+        if np.bincount(bins).min() >= n_splits:
+            return bins
+        n_bins -= 1
+    return np.zeros(len(subject_age), dtype=int)
+
+
+def subject_kfold(table: pd.DataFrame, n_splits: int = 5, *, seed: int = 0,
+                  indices=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Subject-level K-fold, stratified by age (``StratifiedGroupKFold``).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Cohort table with ``subject_id`` and ``age``.
+    n_splits : int, default 5
+        Number of folds (the paper uses 5).
+    seed : int, default 0
+        Shuffling seed; the same seed gives the same folds.
+    indices : array-like of int, optional
+        Restrict the split to these rows (e.g. healthy controls only). Returned indices are
+        still positions in the full table.
+
+    Returns
+    -------
+    list of (train_idx, test_idx)
+        Positional indices into ``table``; no subject appears in both sides of any fold, and
+        every selected row is in exactly one test fold.
+    """
+    if not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
+        raise ValueError(f"n_splits must be an integer >= 2, got {n_splits!r}")
+    for column in ("subject_id", "age"):
+        if column not in table:
+            raise ValueError(f"table has no {column!r} column (needed for subject_kfold)")
+    rows = np.arange(len(table)) if indices is None else np.asarray(indices, dtype=np.int64)
+    sub = table.iloc[rows]
+    subjects = sub["subject_id"].astype(str).to_numpy()
+    n_subjects = len(np.unique(subjects))
+    if n_subjects < n_splits:
+        raise ValueError(f"cannot make {n_splits} subject-level folds from {n_subjects} subjects")
+    # Stratify on each subject's baseline (first) age so a subject carries one label.
+    baseline = (sub.assign(_s=subjects).groupby("_s", sort=False)["age"].min())
+    bins_by_subject = pd.Series(_age_bins(baseline.to_numpy(), n_splits), index=baseline.index)
+    strata = bins_by_subject.loc[subjects].to_numpy()
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds = []
+    for train, test in cv.split(np.zeros(len(rows)), strata, groups=subjects):
+        tr, te = rows[train], rows[test]
+        check_no_leakage(table, tr, te)
+        folds.append((tr, te))
+    return folds
+
+
+def check_no_leakage(table: pd.DataFrame, train_idx, test_idx, *, subject: str = "subject_id") -> None:
+    """Raise :class:`LeakageError` if a subject has images on both sides.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    train_idx, test_idx : array-like of int
+        Positional indices into ``table``.
+    subject : str, default "subject_id"
+    """
+    ids = table[subject].astype(str).to_numpy()
+    shared = np.intersect1d(ids[np.asarray(train_idx, dtype=np.int64)],
+                            ids[np.asarray(test_idx, dtype=np.int64)])
+    if shared.size:
+        raise LeakageError(f"{shared.size} subject(s) on both sides of the split, e.g. "
+                           f"{shared[:5].tolist()}")
+
+
+def official_split(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The OpenBHB official split carried by the ``split`` column.
+
+    Returns
+    -------
+    dict
+        ``{"train": idx, "internal_test": idx, "external_test": idx}``, positional indices.
+    """
+    if "split" not in table:
+        raise ValueError("table has no 'split' column: the official OpenBHB split needs the "
+                         "participants table's split (train / internal_test / external_test)")
+    split = table["split"].astype(str).to_numpy()
+    out = {name: np.flatnonzero(split == name) for name in SPLITS}
+    check_no_leakage(table, out["train"], np.concatenate([out["internal_test"],
+                                                          out["external_test"]]))
+    return out

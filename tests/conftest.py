@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests never touch the network or the real home folder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from brainkit.data.paths import data_root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's home and from any BRAINKIT_* settings."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MPLCONFIGDIR", str(home / ".mpl"))
+    monkeypatch.delenv("BRAINKIT_PROFILE", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real small datasets (../shared/data or BRAINKIT_DATA); skips when absent."""
+    root = data_root(os.environ.get("BRAINKIT_DATA"), required=False)
+    if root is None:
+        pytest.skip("real data not found: ../shared/data is absent and BRAINKIT_DATA is unset")
+    return root
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
