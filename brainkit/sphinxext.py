@@ -1,0 +1,34 @@
+"""Sphinx extension for the book: serve plotly.js from the site itself, never a CDN.
+
+Add ``brainkit.sphinxext`` to ``sphinx.extra_extensions`` in ``book/_config.yml``. It adds
+``plotly.min.js`` to every HTML page and copies the file shipped inside the installed plotly
+package into ``_static/`` when the build finishes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .notebook import plotly_js_path
+
+_JS_NAME = "plotly.min.js"
+
+
+def _add_js(app):
+    if app.builder.format == "html":
+        app.add_js_file(_JS_NAME, priority=100)
+
+
+def _copy_js(app, exception):
+    if exception is None and app.builder.format == "html":
+        static = Path(app.outdir) / "_static"
+        static.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plotly_js_path(), static / _JS_NAME)
+
+
+def setup(app):
+    """Sphinx entry point."""
+    app.connect("builder-inited", _add_js)
+    app.connect("build-finished", _copy_js)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,94 @@
+"""Subject-level, age-stratified folds; leakage checks; the OpenBHB official split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainkit.data import LeakageError, check_no_leakage, official_split, subject_kfold
+
+
+def longitudinal_table(n_subjects=60, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_subjects):
+        age0 = rng.uniform(20, 90)
+        for v in range(rng.integers(1, 4)):
+            rows.append({"image_id": f"s{s}-v{v}", "subject_id": f"s{s}", "age": age0 + v})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_splits", [2, 5])
+def test_folds_partition_rows_and_never_split_a_subject(n_splits):
+    table = longitudinal_table()
+    folds = subject_kfold(table, n_splits, seed=3)
+    assert len(folds) == n_splits
+    tests = np.concatenate([te for _, te in folds])
+    assert np.array_equal(np.sort(tests), np.arange(len(table)))
+    for train, test in folds:
+        assert np.intersect1d(train, test).size == 0
+        assert set(table.subject_id[train]).isdisjoint(table.subject_id[test])
+        assert len(train) + len(test) == len(table)
+
+
+def test_folds_are_age_stratified():
+    table = longitudinal_table(200)
+    means = [table.age[te].mean() for _, te in subject_kfold(table, 5)]
+    # Random subject folds would spread the fold means by ~sd/sqrt(40) = 3 years.
+    assert np.ptp(means) < 3.0
+
+
+def test_folds_are_reproducible_and_seeded():
+    table = longitudinal_table()
+    a = subject_kfold(table, 5, seed=1)
+    b = subject_kfold(table, 5, seed=1)
+    c = subject_kfold(table, 5, seed=2)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+
+
+def test_restricting_to_indices_returns_full_table_positions():
+    table = longitudinal_table()
+    keep = np.flatnonzero(table.age.to_numpy() > 50)
+    folds = subject_kfold(table, 3, indices=keep)
+    tests = np.concatenate([te for _, te in folds])
+    assert np.array_equal(np.sort(tests), keep)
+
+
+def test_bad_arguments():
+    table = longitudinal_table(4)
+    with pytest.raises(ValueError, match="from 4 subjects"):
+        subject_kfold(table, 5)
+    with pytest.raises(ValueError, match="n_splits must be an integer >= 2"):
+        subject_kfold(table, 1)
+    with pytest.raises(ValueError, match="no 'age' column"):
+        subject_kfold(table.drop(columns="age"), 2)
+
+
+def test_leakage_check_names_the_subjects():
+    table = longitudinal_table()
+    s0 = np.flatnonzero(table.subject_id == "s0")
+    others = np.flatnonzero(table.subject_id != "s0")
+    check_no_leakage(table, s0, others)
+    if len(s0) > 1:
+        with pytest.raises(LeakageError, match=r"1 subject\(s\).*'s0'"):
+            check_no_leakage(table, s0[:1], np.r_[s0[1:], others])
+    with pytest.raises(LeakageError, match="s0"):
+        check_no_leakage(table, s0, s0)
+
+
+def test_official_split():
+    table = pd.DataFrame({
+        "subject_id": ["a", "b", "c", "d", "e"],
+        "split": ["train", "train", "internal_test", "external_test", "train"],
+    })
+    split = official_split(table)
+    assert split["train"].tolist() == [0, 1, 4]
+    assert split["internal_test"].tolist() == [2]
+    assert split["external_test"].tolist() == [3]
+    with pytest.raises(ValueError, match="no 'split' column"):
+        official_split(table.drop(columns="split"))
+    table.loc[3, "subject_id"] = "a"
+    with pytest.raises(LeakageError):
+        official_split(table)
