@@ -92,3 +92,23 @@ def test_official_split():
     table.loc[3, "subject_id"] = "a"
     with pytest.raises(LeakageError):
         official_split(table)
+
+
+def test_mni_grids():
+    from brainkit.data.grid import OPENBHB_AFFINE, OPENBHB_SHAPE, mni_grid
+
+    shape, affine = mni_grid(1.5)
+    assert shape == OPENBHB_SHAPE == (121, 145, 121)
+    np.testing.assert_array_equal(affine, OPENBHB_AFFINE)
+    assert mni_grid(3)[0] == (61, 73, 61)
+    assert mni_grid(6)[0] == (31, 37, 31)
+    assert mni_grid(2)[0] == (91, 109, 91)
+    # Every grid's first and last voxel centres land on the same world box.
+    for mm in (1.5, 2, 3, 4, 6):
+        shape, affine = mni_grid(mm)
+        first = affine @ [0, 0, 0, 1]
+        np.testing.assert_allclose(first[:3], [90, -126, -72])
+    with pytest.raises(ValueError, match="grid_mm must be in"):
+        mni_grid(0)
+    with pytest.raises(TypeError, match="grid_mm must be a number"):
+        mni_grid("fine")
