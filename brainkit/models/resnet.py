@@ -1,0 +1,288 @@
+"""3D ResNet encoders (10, 18, 34) built from one table of depths and widths.
+
+The architecture is the one the paper and its released code use ("3D ResNet-18, 33.2M
+parameters"; EIDOSLAB/contrastive-brain-age-prediction ``src/models/resnet3d.py``):
+
+- stem: ``Conv3d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)``, norm, ReLU,
+  ``MaxPool3d(3, stride=2, padding=1)``;
+- four stages of :class:`BasicBlock` (two 3x3x3 convolutions without bias, each followed by a
+  norm layer), the first stage at stride 1 and the next three at stride 2; a block whose stride
+  or width changes gets a ``Conv3d(1x1x1, bias=False)`` + norm shortcut;
+- global average pooling to a ``(B, widths[-1])`` feature vector.
+
+With ``in_channels=1``, ``widths=(64, 128, 256, 512)`` and any of the three norms, ResNet-18
+has exactly 33,160,000 parameters (the paper's 33.2M).
+
+Initialisation follows the released code (itself torchvision's): Kaiming-normal convolutions
+(``mode="fan_out"``, ReLU gain), norm weights 1 and biases 0. ``zero_init_residual=True``
+additionally zeroes the weight of the last norm layer of each block, so every residual branch
+starts as the identity (Goyal et al., 2017); it is off by default, as in the released code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "RESNET_LAYERS",
+    "NORMS",
+    "BasicBlock",
+    "ResNet3d",
+    "norm_layer",
+    "resnet3d",
+    "resnet10",
+    "resnet18",
+    "resnet34",
+]
+
+#: Blocks per stage for each supported depth (the one table every factory reads).
+RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {
+    10: (1, 1, 1, 1),
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+}
+
+#: Accepted values of the ``norm`` argument.
+NORMS = ("batch", "instance", "group")
+
+#: Upper bound on the number of groups of a ``"group"`` norm layer (Wu & He, 2018).
+_MAX_GROUPS = 32
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """Build one 3D normalisation layer.
+
+    Parameters
+    ----------
+    norm : {"batch", "instance", "group"}
+        ``"batch"``: :class:`torch.nn.BatchNorm3d`. ``"instance"``:
+        :class:`torch.nn.InstanceNorm3d` with learnable affine parameters and no running
+        statistics. ``"group"``: :class:`torch.nn.GroupNorm` with ``gcd(32, channels)`` groups
+        (32 groups for the paper's widths; one channel per group for widths below 32 that
+        divide 32).
+    channels : int
+        Number of channels normalised.
+
+    Returns
+    -------
+    torch.nn.Module
+        A layer mapping ``(B, channels, X, Y, Z)`` to the same shape, with ``2 * channels``
+        learnable parameters whatever the kind.
+    """
+    if norm == "batch":
+        return nn.BatchNorm3d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm3d(channels, affine=True, track_running_stats=False)
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(_MAX_GROUPS, channels), channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3x3 convolutions with a residual shortcut (He et al., 2016).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+    stride : int, default 1
+        Stride of the first convolution (and of the shortcut).
+    norm : {"batch", "instance", "group"}, default "batch"
+        Kind of every norm layer in the block, shortcut included.
+
+    Notes
+    -----
+    ``forward`` maps ``(B, in_channels, X, Y, Z)`` to
+    ``(B, out_channels, ceil(X / stride), ceil(Y / stride), ceil(Z / stride))``. When the stride
+    or the width changes, the shortcut is ``Conv3d(1x1x1, stride, bias=False)`` + norm;
+    otherwise it is the identity and ``downsample`` is ``None``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride,
+                               padding=1, bias=False)
+        self.bn1 = norm_layer(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = norm_layer(norm, out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                norm_layer(norm, out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = out + identity
+        return self.relu(out)
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class ResNet3d(nn.Module):
+    """3D ResNet encoder: stem, four stages of basic blocks, global average pooling.
+
+    Parameters
+    ----------
+    layers : sequence of 4 int
+        Number of blocks in each stage (a row of :data:`RESNET_LAYERS`).
+    widths : sequence of 4 int, default (64, 128, 256, 512)
+        Channels of each stage; the stem has ``widths[0]`` channels. Narrower widths such as
+        ``(8, 16, 32, 64)`` make a CPU-sized model with the same topology.
+    in_channels : int, default 1
+        Channels of the input volume.
+    norm : {"batch", "instance", "group"}, default "batch"
+        Kind of every norm layer (stem, blocks and shortcuts); see :func:`norm_layer`.
+    zero_init_residual : bool, default False
+        Zero the weight of each block's last norm layer so residual branches start as the
+        identity.
+
+    Attributes
+    ----------
+    out_features : int
+        Size of the pooled feature vector, ``widths[-1]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = ResNet3d((2, 2, 2, 2), widths=(8, 16, 32, 64))
+    >>> enc(torch.zeros(2, 1, 31, 37, 31)).shape
+    torch.Size([2, 64])
+    """
+
+    def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512),
+                 in_channels: int = 1, norm: str = "batch",
+                 zero_init_residual: bool = False) -> None:
+        super().__init__()
+        layers = tuple(layers)
+        widths = tuple(widths)
+        if len(layers) != 4:
+            raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
+        for i, n in enumerate(layers):
+            _check_positive_int(f"layers[{i}]", n)
+        if len(widths) != 4:
+            raise ValueError(f"widths must give the channels of 4 stages, got {widths!r}")
+        for i, w in enumerate(widths):
+            _check_positive_int(f"widths[{i}]", w)
+        _check_positive_int("in_channels", in_channels)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+        self.layers = layers
+        self.widths = widths
+        self.in_channels = in_channels
+        self.norm = norm
+        self.out_features = widths[-1]
+
+        self.conv1 = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3,
+                               bias=False)
+        self.bn1 = norm_layer(norm, widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_stage(widths[0], widths[0], layers[0], 1, norm)
+        self.layer2 = self._make_stage(widths[0], widths[1], layers[1], 2, norm)
+        self.layer3 = self._make_stage(widths[1], widths[2], layers[2], 2, norm)
+        self.layer4 = self._make_stage(widths[2], widths[3], layers[3], 2, norm)
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    @staticmethod
+    def _make_stage(in_channels: int, out_channels: int, blocks: int, stride: int,
+                    norm: str) -> nn.Sequential:
+        stage = [BasicBlock(in_channels, out_channels, stride=stride, norm=norm)]
+        stage += [BasicBlock(out_channels, out_channels, norm=norm) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode volumes.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, in_channels, X, Y, Z)
+            Any floating dtype and memory format (``torch.channels_last_3d`` included).
+
+        Returns
+        -------
+        torch.Tensor of shape (B, out_features)
+            Globally average-pooled features of the last stage.
+        """
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.maxpool(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        x = self.avgpool(x)
+        return torch.flatten(x, 1)
+
+
+def resnet3d(depth: int = 18, widths: Sequence[int] = (64, 128, 256, 512), in_channels: int = 1,
+             norm: str = "batch", zero_init_residual: bool = False) -> ResNet3d:
+    """Build a 3D ResNet encoder of a depth listed in :data:`RESNET_LAYERS`.
+
+    Parameters
+    ----------
+    depth : {10, 18, 34}, default 18
+        18 is the paper's encoder (33,160,000 parameters with the default widths and one input
+        channel).
+    widths, in_channels, norm, zero_init_residual
+        See :class:`ResNet3d`.
+
+    Returns
+    -------
+    ResNet3d
+        Maps ``(B, in_channels, X, Y, Z)`` to ``(B, widths[-1])``.
+
+    Examples
+    --------
+    >>> enc = resnet3d(18)
+    >>> sum(p.numel() for p in enc.parameters())
+    33160000
+    """
+    if depth not in RESNET_LAYERS:
+        raise ValueError(f"depth must be one of {sorted(RESNET_LAYERS)}, got {depth!r}")
+    return ResNet3d(RESNET_LAYERS[depth], widths=widths, in_channels=in_channels, norm=norm,
+                    zero_init_residual=zero_init_residual)
+
+
+def resnet10(**kwargs) -> ResNet3d:
+    """3D ResNet-10 encoder; keyword arguments as :func:`resnet3d`."""
+    return resnet3d(10, **kwargs)
+
+
+def resnet18(**kwargs) -> ResNet3d:
+    """3D ResNet-18 encoder (the paper's); keyword arguments as :func:`resnet3d`."""
+    return resnet3d(18, **kwargs)
+
+
+def resnet34(**kwargs) -> ResNet3d:
+    """3D ResNet-34 encoder; keyword arguments as :func:`resnet3d`."""
+    return resnet3d(34, **kwargs)
