@@ -1,0 +1,114 @@
+"""Profiles: one place that sets grid, model width, epochs, batch, folds and cohort sizes.
+
+Chosen by argument or by ``BRAINKIT_PROFILE`` (default ``ci``):
+
+- ``ci``: 6 mm synthetic, narrow ResNet, few epochs; the whole book builds on 2 CPU cores.
+- ``workstation``: 1.5 mm, ResNet-18, one GPU; synthetic or real data (``BRAINKIT_DATA``).
+- ``paper``: the paper's protocol: 5-fold subject-level CV, 300 epochs, batch 32, two views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+__all__ = ["Profile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Settings shared by every experiment of one scale.
+
+    Attributes
+    ----------
+    name : str
+    grid_mm : float
+        Voxel size of the synthetic cohorts (real data keep their own grid).
+    depth, widths, head_dims : model shape (see :func:`brainkit.models.build_model`).
+    epochs, batch_size, lr, weight_decay, lr_step, lr_gamma, n_views, augmentation :
+        training protocol (see :func:`brainkit.train.fit`).
+    folds : int
+        Cross-validation folds.
+    cohort_sizes : dict
+        Subjects per synthetic preset for the merged pre-training cohort.
+    train_sizes : tuple of int
+        Training-set sizes (images) of the scaling sweeps.
+    losses : tuple of str
+        Losses compared in the book.
+    device : str
+        ``"auto"`` picks CUDA when available.
+    """
+
+    name: str
+    grid_mm: float
+    depth: int
+    widths: tuple[int, ...]
+    head_dims: tuple[int, int]
+    epochs: int
+    batch_size: int
+    folds: int
+    cohort_sizes: dict = field(default_factory=dict)
+    train_sizes: tuple[int, ...] = ()
+    losses: tuple[str, ...] = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
+    lr: float = 1e-4
+    weight_decay: float = 5e-5
+    lr_step: int = 10
+    lr_gamma: float = 0.9
+    n_views: int = 2
+    augmentation: str = "crop"
+    sigma: float = 2.0
+    temperature: float = 0.1
+    device: str = "auto"
+
+    def replace(self, **changes) -> Profile:
+        """A copy with some settings changed (e.g. ``profile.replace(epochs=3)``)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown profile setting(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def model_config(self, kind: str) -> dict:
+        """Arguments for :func:`brainkit.models.build_model`."""
+        return {"kind": kind, "depth": self.depth, "widths": tuple(self.widths),
+                "in_channels": 1, "head_dims": tuple(self.head_dims)}
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
+        epochs=12, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
+        cohort_sizes={"openbhb": 240, "adni": 60, "icbm": 60, "oasis3": 60},
+        train_sizes=(60, 120, 240),
+    ),
+    "workstation": Profile(
+        name="workstation", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),
+        head_dims=(512, 128), epochs=100, batch_size=32, folds=5,
+        cohort_sizes={"openbhb": 2000, "adni": 400, "icbm": 300, "oasis3": 300},
+        train_sizes=(250, 500, 1000, 2000, 3000),
+    ),
+    "paper": Profile(
+        name="paper", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),
+        head_dims=(512, 128), epochs=300, batch_size=32, folds=5,
+        cohort_sizes={"openbhb": 3984, "adni": 1754, "icbm": 622, "oasis3": 685},
+        train_sizes=(500, 1000, 2000, 4000, 8000, 10590),
+    ),
+}
+
+
+def get_profile(profile: str | Profile | None = None) -> Profile:
+    """Return a profile by name, or the one named by ``BRAINKIT_PROFILE`` (default ``ci``)."""
+    if isinstance(profile, Profile):
+        return profile
+    name = profile or os.environ.get("BRAINKIT_PROFILE") or "ci"
+    source = "argument" if profile else ("BRAINKIT_PROFILE" if os.environ.get("BRAINKIT_PROFILE") else "default")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (from {source}); choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
