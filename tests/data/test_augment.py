@@ -263,6 +263,14 @@ def test_intensity_scale_multiplies(x):
 # the released settings
 
 
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_every_released_name_builds_and_keeps_the_grid(name, x):
+    aug = augmentation(name)
+    assert isinstance(aug, Compose)
+    y = aug(x, generator=gen(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+
+
 def test_none_is_identity(x):
     aug = augmentation("none")
     assert aug.transforms == [] and aug.sample(x.shape, generator=gen(0)) == []
