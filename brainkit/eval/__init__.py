@@ -1,0 +1,76 @@
+"""Evaluation: metrics, probes, OpenBHB challenge, brain-age gap, longitudinal models,
+downstream fine-tuning, calibration and scaling laws.
+
+Every function here takes arrays or tidy tables and returns numbers, tables or small result
+objects; plotting lives in :mod:`brainkit.plots`.
+"""
+
+from .bag import AgeBiasCorrector, RocCurve, bag_roc, bag_summary, brain_age_gap
+from .calibration import (
+    TemperatureScaler,
+    brier_score,
+    expected_calibration_error,
+    reliability_curve,
+)
+from .finetune import FinetunedClassifier, TransferResult, finetune_classifier, transfer_matrix
+from .longitudinal import DEFAULT_OPTIMIZERS, TrajectoryResult, fit_bag_trajectories
+from .metrics import mae, pearson_r, r2
+from .probes import (
+    AGE_ALPHAS,
+    SITE_CS,
+    ChallengeResult,
+    ProbeResult,
+    age_probe,
+    challenge_score,
+    openbhb_challenge,
+    site_probe,
+)
+from .scaling import (
+    CorrelationResult,
+    PowerLawFit,
+    bootstrap_correlation,
+    fit_power_law,
+    power_law,
+)
+
+__all__ = [
+    # metrics
+    "mae",
+    "r2",
+    "pearson_r",
+    # probes and the OpenBHB challenge
+    "AGE_ALPHAS",
+    "SITE_CS",
+    "ProbeResult",
+    "ChallengeResult",
+    "age_probe",
+    "site_probe",
+    "openbhb_challenge",
+    "challenge_score",
+    # brain-age gap
+    "brain_age_gap",
+    "AgeBiasCorrector",
+    "bag_summary",
+    "RocCurve",
+    "bag_roc",
+    # longitudinal
+    "DEFAULT_OPTIMIZERS",
+    "TrajectoryResult",
+    "fit_bag_trajectories",
+    # downstream
+    "FinetunedClassifier",
+    "finetune_classifier",
+    "TransferResult",
+    "transfer_matrix",
+    # calibration
+    "reliability_curve",
+    "expected_calibration_error",
+    "brier_score",
+    "TemperatureScaler",
+    # scaling and correlation
+    "power_law",
+    "PowerLawFit",
+    "fit_power_law",
+    "CorrelationResult",
+    "bootstrap_correlation",
+]

@@ -1,0 +1,271 @@
+"""Brain-age gap (BAG): the gap itself, age-bias correction, group summaries and ROC.
+
+``BAG = predicted age - chronological age``: positive means the brain looks older than
+its years. Brain-age models regress towards the mean age of their training set (young
+subjects are over-estimated, old ones under-estimated), so the raw gap correlates
+negatively with age. :class:`AgeBiasCorrector` removes that trend. It must be fitted on
+*healthy controls' held-out predictions* (for example the out-of-fold predictions of the
+training folds), never on the test images it is then applied to: fitting it on the patients
+being evaluated would absorb part of the disease effect into the "bias".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from brainkit.eval._validation import (
+    as_1d_float,
+    as_binary,
+    check_columns,
+    check_probability,
+    order_groups,
+    same_length,
+)
+
+__all__ = ["brain_age_gap", "AgeBiasCorrector", "bag_summary", "RocCurve", "bag_roc"]
+
+
+def brain_age_gap(y_true, y_pred) -> np.ndarray:
+    """Brain-age gap ``y_pred - y_true``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        Chronological age (years).
+    y_pred : array-like of shape (n_samples,)
+        Predicted (brain) age (years).
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        Positive when the predicted age exceeds the chronological age.
+
+    Examples
+    --------
+    >>> brain_age_gap([70, 60], [75, 58])
+    array([ 5., -2.])
+    """
+    y_true = as_1d_float(y_true, "y_true")
+    y_pred = as_1d_float(y_pred, "y_pred")
+    same_length(y_true=y_true, y_pred=y_pred)
+    return y_pred - y_true
+
+
+class AgeBiasCorrector:
+    """Linear age-bias correction of predicted ages.
+
+    Fit it on **healthy controls' held-out predictions** (never on the test images), then
+    apply it to any subject.
+
+    Parameters
+    ----------
+    method : {"beheshti", "cole"}, default "beheshti"
+        - ``"beheshti"`` (Beheshti et al. 2019): fit ``gap = slope * age + intercept`` and
+          subtract it: ``corrected = age_pred - (slope * age + intercept)``. The corrected
+          gap is uncorrelated with age on the fitting data.
+        - ``"cole"`` (Cole et al. 2018): fit ``age_pred = slope * age + intercept`` and
+          invert it: ``corrected = (age_pred - intercept) / slope``.
+
+    Attributes
+    ----------
+    slope_ : float
+        Slope of the fitted line (of the gap for Beheshti, of the prediction for Cole).
+    intercept_ : float
+        Intercept of the fitted line (years).
+    n_samples_ : int
+        Number of predictions the line was fitted on.
+
+    Examples
+    --------
+    >>> age = np.linspace(20, 80, 61)
+    >>> pred = 0.7 * age + 15            # regression towards the mean
+    >>> corr = AgeBiasCorrector("beheshti").fit(age, pred)
+    >>> round(corr.slope_, 3)
+    -0.3
+    >>> np.allclose(corr.correct(age, pred), age)
+    True
+    """
+
+    _METHODS = ("beheshti", "cole")
+
+    def __init__(self, method: str = "beheshti"):
+        self.method = method
+
+    def fit(self, age, age_pred) -> AgeBiasCorrector:
+        """Fit the bias line on healthy controls' held-out predictions.
+
+        Parameters
+        ----------
+        age : array-like of shape (n_samples,)
+            Chronological ages of healthy controls.
+        age_pred : array-like of shape (n_samples,)
+            Their predicted ages, from a model that did not train on them.
+
+        Returns
+        -------
+        self
+        """
+        if self.method not in self._METHODS:
+            raise ValueError(f"method must be one of {self._METHODS}; got {self.method!r}")
+        age = as_1d_float(age, "age")
+        age_pred = as_1d_float(age_pred, "age_pred")
+        n = same_length(age=age, age_pred=age_pred)
+        if n < 3:
+            raise ValueError(f"fit needs at least 3 predictions; got {n}")
+        if np.ptp(age) == 0:
+            raise ValueError("age is constant; the bias line cannot be fitted")
+        target = age_pred - age if self.method == "beheshti" else age_pred
+        slope, intercept = np.polyfit(age, target, 1)
+        if self.method == "cole" and abs(slope) < 1e-3:
+            raise ValueError(f"predicted ages do not depend on age (slope {slope:.2g}); "
+                             "the Cole correction would divide by ~0")
+        self.slope_ = float(slope)
+        self.intercept_ = float(intercept)
+        self.n_samples_ = int(n)
+        return self
+
+    def correct(self, age, age_pred) -> np.ndarray:
+        """Bias-corrected predicted ages.
+
+        Parameters
+        ----------
+        age : array-like of shape (n_samples,)
+            Chronological ages.
+        age_pred : array-like of shape (n_samples,)
+            Predicted ages.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Corrected predicted ages; the corrected gap is
+            ``brain_age_gap(age, corrected)``.
+        """
+        if not hasattr(self, "slope_"):
+            raise RuntimeError("this AgeBiasCorrector is not fitted yet; call fit(age, age_pred) "
+                               "on healthy controls' held-out predictions first")
+        age = as_1d_float(age, "age")
+        age_pred = as_1d_float(age_pred, "age_pred")
+        same_length(age=age, age_pred=age_pred)
+        if self.method == "beheshti":
+            return age_pred - (self.slope_ * age + self.intercept_)
+        return (age_pred - self.intercept_) / self.slope_
+
+    def __repr__(self) -> str:
+        return f"AgeBiasCorrector(method={self.method!r})"
+
+
+def bag_summary(table: pd.DataFrame, value: str = "bag", group="diagnosis", *,
+                ci: float = 0.95) -> pd.DataFrame:
+    """Per-group summary of a brain-age gap column.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per image; must hold ``value`` and the ``group`` column(s).
+    value : str, default "bag"
+        Column to summarise.
+    group : str or sequence of str, default "diagnosis"
+        Grouping column(s), e.g. ``["loss", "diagnosis"]``.
+    ci : float, default 0.95
+        Confidence level of the t-interval of the mean.
+
+    Returns
+    -------
+    DataFrame
+        One row per group with the group column(s) then ``n, mean, sd, median, ci_low,
+        ci_high`` (``sd`` and the interval are NaN for a group of one). Diagnoses are ordered
+        HC, sMCI, pMCI, MCI, AD; other values alphabetically.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"bag": [0.0, 1.0, 2.0, 5.0, 7.0], "diagnosis": ["HC"] * 3 + ["AD"] * 2})
+    >>> bag_summary(t)[["diagnosis", "n", "mean"]].to_dict("list")
+    {'diagnosis': ['HC', 'AD'], 'n': [3, 2], 'mean': [1.0, 6.0]}
+    """
+    groups = [group] if isinstance(group, str) else list(group)
+    if not groups:
+        raise ValueError("group must name at least one column")
+    check_columns(table, [value, *groups])
+    ci = check_probability(ci, "ci")
+    values = pd.to_numeric(table[value], errors="coerce")
+    bad = values.isna() & table[value].notna()
+    if bad.any():
+        raise ValueError(f"column {value!r} must be numeric; row {table.index[bad][0]!r} holds "
+                         f"{table.loc[bad, value].iloc[0]!r}")
+    data = table[groups].copy()
+    data["_v"] = values.to_numpy(dtype=float)
+    data = data.dropna(subset=["_v", *groups])
+    rows = []
+    for key, sub in data.groupby(groups, sort=False, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
+        v = sub["_v"].to_numpy()
+        n = v.size
+        mean = float(v.mean())
+        sd = float(v.std(ddof=1)) if n > 1 else float("nan")
+        if n > 1:
+            half = stats.t.ppf(0.5 + ci / 2, n - 1) * sd / np.sqrt(n)
+            lo, hi = mean - half, mean + half
+        else:
+            lo = hi = float("nan")
+        rows.append({**dict(zip(groups, key)), "n": int(n), "mean": mean, "sd": sd,
+                     "median": float(np.median(v)), "ci_low": float(lo), "ci_high": float(hi)})
+    out = pd.DataFrame(rows, columns=[*groups, "n", "mean", "sd", "median", "ci_low", "ci_high"])
+    if len(out):
+        ranks = [out[g].map({v: i for i, v in enumerate(order_groups(out[g]))}) for g in groups]
+        order = np.lexsort([r.to_numpy() for r in reversed(ranks)])
+        out = out.iloc[order].reset_index(drop=True)
+    return out
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    """ROC curve of a score separating cases from controls.
+
+    Attributes
+    ----------
+    fpr, tpr : ndarray of shape (n_thresholds,)
+        False- and true-positive rates, from (0, 0) to (1, 1).
+    thresholds : ndarray of shape (n_thresholds,)
+        Score thresholds (``score >= threshold`` is called a case); the first is ``inf``.
+    auc : float
+        Area under the curve: the probability that a random case scores higher than a
+        random control (ties count one half).
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+
+
+def bag_roc(bag, is_case) -> RocCurve:
+    """ROC of the brain-age gap as a detector of cases (e.g. AD vs HC).
+
+    Parameters
+    ----------
+    bag : array-like of shape (n_samples,)
+        Brain-age gaps (a higher gap is taken to indicate a case).
+    is_case : array-like of shape (n_samples,)
+        1 / True for cases, 0 / False for controls; both must occur.
+
+    Returns
+    -------
+    RocCurve
+
+    Examples
+    --------
+    >>> bag_roc([0.0, 1.0, 4.0, 5.0], [0, 0, 1, 1]).auc
+    1.0
+    """
+    bag = as_1d_float(bag, "bag")
+    is_case = as_binary(is_case, "is_case")
+    same_length(bag=bag, is_case=is_case)
+    if is_case.min() == is_case.max():
+        raise ValueError("is_case must contain both cases (1) and controls (0)")
+    fpr, tpr, thr = roc_curve(is_case, bag)
+    return RocCurve(fpr=fpr, tpr=tpr, thresholds=thr, auc=float(roc_auc_score(is_case, bag)))

@@ -1,0 +1,38 @@
+"""Plotly figures for every analysis of the paper; each function returns a ``go.Figure``
+and never calls ``.show()``.
+
+All figures use the ``"brainkit"`` template (registered once on import) and a fixed colour
+per loss (:data:`LOSS_COLORS`) and per diagnosis (:data:`GROUP_COLORS`).
+"""
+
+from .bag import bag_distributions, bag_trajectories, roc_curves
+from .calibration import reliability_diagram
+from .scaling import mae_vs_accuracy, scaling_curves, site_bacc_curves
+from .theme import (
+    GROUP_COLORS,
+    LOSS_COLORS,
+    LOSS_LABELS,
+    TEMPLATE,
+    group_color,
+    loss_color,
+    loss_label,
+    register_template,
+)
+
+__all__ = [
+    "TEMPLATE",
+    "LOSS_COLORS",
+    "LOSS_LABELS",
+    "GROUP_COLORS",
+    "register_template",
+    "loss_color",
+    "loss_label",
+    "group_color",
+    "scaling_curves",
+    "site_bacc_curves",
+    "mae_vs_accuracy",
+    "bag_distributions",
+    "roc_curves",
+    "bag_trajectories",
+    "reliability_diagram",
+]
