@@ -1,0 +1,45 @@
+"""The training engine: the paper's protocol, checkpoints, several GPUs, inference.
+
+- :func:`fit`: train a contrastive model (any loss of :mod:`brainkit.losses`) or the L1
+  regression baseline; resumable (checkpoint every epoch and on SIGTERM / SIGINT),
+  bf16 / channels-last / fused Adam on CUDA, DistributedDataParallel under ``torchrun``.
+- :func:`embed`, :func:`predict_age`: batched, gradient-free inference on a cohort.
+- :func:`save_model`, :func:`load_model`: run directories (``config.json`` +
+  ``checkpoint.pt``) from which :func:`brainkit.models.build_model` rebuilds a model.
+"""
+
+from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint
+from .inference import embed, predict_age
+from .loop import (
+    METRICS_NAME,
+    FitResult,
+    TrainingInterrupted,
+    augment_views,
+    batch_loss,
+    epoch_batches,
+    fit,
+    view_seed,
+)
+from .runs import CONFIG_NAME, load_model, model_config, read_run_config, save_model
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "METRICS_NAME",
+    "FitResult",
+    "TrainingInterrupted",
+    "atomic_save",
+    "atomic_write",
+    "augment_views",
+    "batch_loss",
+    "embed",
+    "epoch_batches",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "model_config",
+    "predict_age",
+    "read_run_config",
+    "save_model",
+    "view_seed",
+]

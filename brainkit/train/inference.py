@@ -1,0 +1,165 @@
+"""Batched, gradient-free inference: embeddings and predicted ages for a cohort."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["embed", "predict_age", "resolve_indices", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def resolve_indices(indices, n: int, name: str = "indices") -> np.ndarray:
+    """Validate positions into a cohort of ``n`` images.
+
+    Parameters
+    ----------
+    indices : array-like of int, or None
+        Positions (``None`` = all, in order). Negative positions and repeats are refused.
+    n : int
+        Cohort size.
+    name : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray of shape (m,), dtype int64
+    """
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    idx = np.asarray(indices)
+    if idx.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of positions, got shape {idx.shape}")
+    if idx.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer positions, got dtype {idx.dtype}")
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise ValueError(f"{name} holds positions outside 0..{n - 1}: {idx[bad][:5].tolist()}")
+    values, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{name} repeats positions {values[counts > 1][:5].tolist()}")
+    return idx.astype(np.int64)
+
+
+def _check_cohort(cohort) -> None:
+    if not (hasattr(cohort, "images") and hasattr(cohort, "table")):
+        raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
+    if getattr(cohort, "grid_shape", None) is None:
+        raise ValueError("cohort has no images (table-only); training and inference need images")
+
+
+def _default_layer(model: nn.Module) -> str:
+    from brainkit.models import RegressionModel
+
+    return "encoder" if isinstance(model, RegressionModel) else "projection"
+
+
+@torch.no_grad()
+def _batched(model: nn.Module, cohort, indices, batch_size: int, device, amp, channels_last,
+             fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> np.ndarray:
+    _check_cohort(cohort)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    idx = resolve_indices(indices, len(cohort))
+    device = torch.device(device)
+    amp = (device.type == "cuda") if amp is None else bool(amp)
+    channels_last = (device.type == "cuda") if channels_last is None else bool(channels_last)
+    model = unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        for start in range(0, len(idx), batch_size):
+            x = torch.from_numpy(cohort.images(idx[start:start + batch_size])).unsqueeze(1)
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                out = fn(model, x)
+            outputs.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs).numpy()
+
+
+def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
+          device: str | torch.device = "cpu", layer: str | None = None, amp: bool | None = None,
+          channels_last: bool | None = None) -> np.ndarray:
+    """Embeddings of cohort images, computed in eval mode without gradients.
+
+    Parameters
+    ----------
+    model : ContrastiveModel or RegressionModel
+        Anything with an ``embed(x, layer=...)`` method; it must already be on ``device``.
+    cohort : brainkit.data.Cohort
+    indices : array-like of int, optional
+        Positions to embed (default: all, in order).
+    batch_size : int, default 32
+    device : str or torch.device, default "cpu"
+    layer : {"projection", "encoder"}, optional
+        Which representation: ``"projection"`` (the L2-normalised projection-head output,
+        what the released code probes) or ``"encoder"`` (pooled encoder features). Default:
+        ``"projection"`` for a ContrastiveModel, ``"encoder"`` for a RegressionModel (which
+        has no projection head).
+    amp, channels_last : bool, optional
+        bf16 autocast and ``channels_last_3d`` input; default on for CUDA, off for CPU.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, D), float32
+        Row ``i`` belongs to ``indices[i]``. The model's train/eval mode is restored.
+
+    Examples
+    --------
+    >>> z = embed(model, cohort, batch_size=8)   # doctest: +SKIP
+    >>> z.shape
+    (len(cohort), 128)
+    """
+    base = unwrap_model(model)
+    if not hasattr(base, "embed"):
+        raise TypeError(f"model {type(base).__name__} has no embed(x, layer=...) method")
+    layer = _default_layer(base) if layer is None else layer
+    return _batched(model, cohort, indices, batch_size, device, amp, channels_last,
+                    lambda m, x: m.embed(x, layer=layer))
+
+
+def predict_age(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
+                device: str | torch.device = "cpu", amp: bool | None = None,
+                channels_last: bool | None = None) -> np.ndarray:
+    """Ages predicted by a :class:`brainkit.models.RegressionModel`.
+
+    Parameters
+    ----------
+    model : RegressionModel
+        Its forward pass returns ages in years, shape (B,); it must be on ``device``.
+    cohort, indices, batch_size, device, amp, channels_last
+        As :func:`embed`.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,), float64
+        Predicted age in years for each requested image.
+    """
+    from brainkit.models import RegressionModel
+
+    if not isinstance(unwrap_model(model), RegressionModel):
+        raise TypeError("predict_age needs a brainkit.models.RegressionModel, got "
+                        f"{type(unwrap_model(model)).__name__}")
+    out = _batched(model, cohort, indices, batch_size, device, amp, channels_last,
+                   lambda m, x: m(x).reshape(-1))
+    return out.astype(np.float64)

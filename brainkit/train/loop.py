@@ -1,0 +1,848 @@
+"""The training loop: the paper's protocol, resumable, on CPU, one GPU or several (torchrun).
+
+Protocol defaults (Barbano et al., Sec. "Experimental protocol"): Adam, learning rate 1e-4,
+weight decay 5e-5, learning rate x0.9 every 10 epochs, batch 32, 300 epochs, two augmented
+views of every image in one forward pass.
+
+Reproducibility contract
+------------------------
+- The order of the training images in epoch ``e`` is a permutation drawn from ``(seed, e)``
+  only (:func:`epoch_batches`).
+- The augmentation of view ``v`` of image ``i`` in epoch ``e`` uses a generator seeded from
+  ``(seed, e, i, v)`` only, so it does not depend on batch composition, on the number of
+  processes, or on where a run was interrupted.
+- Checkpoints hold the model, optimiser, scheduler, epoch, step and the global random states
+  (Python, NumPy, torch CPU and CUDA). A run interrupted at any step boundary and resumed
+  ends, on CPU, bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, rng_state, \
+    set_rng_state
+from .distributed import DistInfo, gather_views, setup_distributed, shard, shard_sizes, \
+    teardown_distributed
+from .inference import embed, resolve_indices, unwrap_model
+from .runs import CONFIG_NAME, model_config, read_run_config, write_run_config
+
+__all__ = [
+    "FitResult",
+    "METRICS_NAME",
+    "TrainingInterrupted",
+    "augment_views",
+    "batch_loss",
+    "epoch_batches",
+    "fit",
+    "view_seed",
+]
+
+#: File name of the per-epoch metrics table inside a run directory.
+METRICS_NAME = "metrics.parquet"
+
+_CHECKPOINT_FORMAT = 1
+# Settings that must not change when a run is resumed (they define the trajectory).
+_RESUME_KEYS = ("batch_size", "n_views", "augmentation", "seed", "drop_last", "lr",
+                "weight_decay", "lr_step", "lr_gamma", "adapn_final_k", "adapn_step")
+# Tags separating the random streams derived from the seed.
+_ORDER_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM / SIGINT after writing a checkpoint.
+
+    Attributes
+    ----------
+    signal_number : int
+    epoch : int
+        Epochs completed before the interruption.
+    step : int
+        Batches of the current epoch completed.
+    checkpoint : pathlib.Path
+        Where the state was written; ``fit(..., resume=True)`` continues from it.
+    """
+
+    def __init__(self, signal_number: int, epoch: int, step: int, checkpoint: Path):
+        self.signal_number = signal_number
+        self.epoch = epoch
+        self.step = step
+        self.checkpoint = checkpoint
+        name = signal.Signals(signal_number).name
+        super().__init__(f"training interrupted by {name} after {epoch} epoch(s) and {step} "
+                         f"step(s) of the next; checkpoint written to {checkpoint}; continue "
+                         "with resume=True (CLI: --resume)")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The trained model (the object passed in, trained in place, on the training device).
+    metrics : pandas.DataFrame
+        One row per epoch: ``epoch`` (1-based), ``loss`` (mean over the epoch's batches),
+        ``lr`` (learning rate used in the epoch), ``seconds`` (training time of the epoch),
+        ``volumes_per_s`` (augmented volumes through the model per second, all processes),
+        plus ``neighbourhood_size`` for AdapN and ``probe_age_mae`` / ``probe_site_bacc``
+        when probes run (NaN in epochs without a probe). Also in ``out_dir/metrics.parquet``.
+    out_dir : pathlib.Path
+        The run directory (``config.json``, ``checkpoint.pt``, ``metrics.parquet``).
+    epochs_completed : int
+    """
+
+    model: nn.Module
+    metrics: pd.DataFrame
+    out_dir: Path
+    epochs_completed: int
+    config: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- randomness
+def epoch_batches(indices, *, batch_size: int, seed: int, epoch: int,
+                  drop_last: bool = False) -> list[np.ndarray]:
+    """The global batches of one epoch: a permutation drawn from ``(seed, epoch)``, cut.
+
+    Parameters
+    ----------
+    indices : array-like of int, shape (n,)
+        Training positions in the cohort.
+    batch_size : int
+        Global batch size.
+    seed, epoch : int
+        ``epoch`` is 0-based.
+    drop_last : bool, default False
+        Drop a final batch smaller than ``batch_size``.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Batches of positions; together a permutation of ``indices`` (minus the dropped tail).
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _ORDER_STREAM, epoch]))
+    order = idx[rng.permutation(len(idx))]
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [order[s:s + batch_size] for s in range(0, stop, batch_size)]
+
+
+def view_seed(seed: int, epoch: int, index: int, view: int) -> int:
+    """Seed of the augmentation generator for view ``view`` of image ``index`` in ``epoch``.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**63)``, a function of the four arguments only.
+    """
+    state = np.random.SeedSequence([seed, _AUGMENT_STREAM, epoch, int(index), view])
+    hi, lo = state.generate_state(2, dtype=np.uint32)
+    return (int(hi) << 31) ^ int(lo)
+
+
+def _cat_params(parts: list):
+    """Concatenate per-image augmentation parameters (tensors, dicts, lists) along dim 0."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, dim=0)
+    if isinstance(first, dict):
+        return {k: _cat_params([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_cat_params([p[i] for p in parts]) for i in range(len(first)))
+    raise TypeError(f"augmentation parameters must be tensors, dicts or lists, got "
+                    f"{type(first).__name__}")
+
+
+def augment_views(x: torch.Tensor, indices, augment: Callable | None, *, n_views: int,
+                  seed: int, epoch: int) -> torch.Tensor:
+    """Build ``n_views`` augmented views of a batch, view-major.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (b, C, X, Y, Z)
+        The batch on its training device.
+    indices : array-like of int, shape (b,)
+        Cohort positions of the rows of ``x`` (they key the augmentation generators).
+    augment : callable or None
+        A :class:`brainkit.data.augment.RandomTransform` (``sample`` / ``apply``), any
+        callable ``augment(x, generator=g)``, or ``None`` (views are copies of ``x``).
+    n_views : int
+    seed, epoch : int
+
+    Returns
+    -------
+    torch.Tensor of shape (n_views * b, C, X, Y, Z)
+        Rows ``v * b + j`` hold view ``v`` of image ``indices[j]``. Its random parameters
+        come from a generator seeded by :func:`view_seed` ``(seed, epoch, indices[j], v)``,
+        so an image's views do not depend on the batch or process it lands in. For a
+        ``RandomTransform`` the parameters are drawn per image from CPU generators (the same
+        on every device) and applied to the whole batch at once; another callable is called
+        once per image with a generator on ``x.device``.
+    """
+    if augment is None:
+        return x.repeat((n_views,) + (1,) * (x.dim() - 1))
+    batched = callable(getattr(augment, "sample", None)) and callable(getattr(augment, "apply",
+                                                                              None))
+    one = (1,) + tuple(x.shape[1:])
+    views = []
+    for v in range(n_views):
+        gens = []
+        for index in indices:
+            g = torch.Generator(device="cpu" if batched else x.device)
+            g.manual_seed(view_seed(seed, epoch, int(index), v))
+            gens.append(g)
+        if batched:
+            params = _cat_params([augment.sample(one, generator=g, device=x.device)
+                                  for g in gens])
+            views.append(augment.apply(x, params))
+        else:
+            views.append(torch.cat([augment(x[j:j + 1], generator=g)
+                                    for j, g in enumerate(gens)], dim=0))
+    return torch.cat(views, dim=0)
+
+
+# --------------------------------------------------------------------------- one step
+def batch_loss(module: nn.Module, loss_fn: Callable | None, x: torch.Tensor, y: torch.Tensor, *,
+               n_views: int, sizes=None, amp: bool = False) -> torch.Tensor:
+    """Loss of one global batch: one forward pass of all views, gathered across ranks.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The (possibly DistributedDataParallel-wrapped) model.
+    loss_fn : callable or None
+        ``loss_fn(z, y)`` with ``z`` of shape (N, D), ``y`` of shape (N,); ``None`` means the
+        L1 baseline: mean absolute error between the model's outputs (ages, shape (N,))
+        and ``y``.
+    x : torch.Tensor of shape (n_views * b, C, X, Y, Z)
+        This process's views, view-major (:func:`augment_views`).
+    y : torch.Tensor of shape (n_views * B,)
+        Labels of the *global* batch, view-major (``B = sum(sizes)``).
+    n_views : int
+    sizes : sequence of int, optional
+        Samples held by each process (:func:`brainkit.train.distributed.shard_sizes`); with
+        more than one entry the outputs are all-gathered with gradients
+        (:func:`brainkit.train.distributed.gather_views`). ``None``: one process.
+    amp : bool, default False
+        Run the forward pass under bf16 autocast; the loss is computed in float32.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss of the global batch (the same on every process).
+    """
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = module(x)
+    out = out.float()
+    if sizes is not None and len(sizes) > 1:
+        out = gather_views(out, sizes, n_views)
+    if out.shape[0] != y.shape[0]:
+        raise ValueError(f"the model produced {out.shape[0]} rows for {y.shape[0]} labels")
+    if loss_fn is None:
+        return F.l1_loss(out.reshape(-1), y)
+    return loss_fn(out, y)
+
+
+# --------------------------------------------------------------------------- helpers
+class _SignalGuard:
+    """Turn the first SIGTERM / SIGINT into a flag checked between steps.
+
+    A second signal of either kind restores the previous handlers and raises
+    ``KeyboardInterrupt`` at once. Handlers can only be installed from the main thread;
+    elsewhere (or with ``enabled=False``) nothing is installed.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+    def _restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (one tiny all-reduce per call)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_float(name: str, value, *, positive: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value!r}")
+    return v
+
+
+def _resolve_loss(loss, loss_kwargs) -> tuple[nn.Module | None, dict]:
+    if isinstance(loss, str):
+        name = loss.lower()
+        if name == "l1":
+            if loss_kwargs:
+                raise ValueError(f"loss='l1' takes no loss_kwargs, got {loss_kwargs}")
+            return None, {"name": "l1", "kwargs": {}}
+        from brainkit.losses import make_loss
+
+        kwargs = dict(loss_kwargs or {})
+        return make_loss(name, **kwargs), {"name": name, "kwargs": kwargs}
+    if isinstance(loss, nn.Module):
+        if loss_kwargs:
+            raise ValueError("loss_kwargs only applies when loss is given by name")
+        return loss, {"name": type(loss).__name__, "kwargs": None, "repr": repr(loss)}
+    raise TypeError("loss must be a name for brainkit.losses.make_loss, 'l1', or a "
+                    f"torch.nn.Module, got {type(loss).__name__}")
+
+
+def _resolve_augmentation(augmentation) -> tuple[Callable | None, str]:
+    if augmentation is None or augmentation == "none":
+        return None, "none"
+    if isinstance(augmentation, str):
+        from brainkit.data.augment import augmentation as make_augmentation
+
+        return make_augmentation(augmentation), augmentation
+    if callable(augmentation):
+        return augmentation, repr(augmentation)
+    raise TypeError("augmentation must be a name for brainkit.data.augment.augmentation, None, "
+                    f"or a callable aug(x, generator=g); got {type(augmentation).__name__}")
+
+
+def _adapn_hook(loss_fn, *, batch_size: int, n_views: int, epochs: int, final_k: int,
+                step: int):
+    """A per-epoch neighbourhood-size setter for an AdapN loss, else ``None``.
+
+    With ``step == 0`` (the released default) the schedule is off and the loss keeps the
+    ``neighbourhood_size`` it was built with; the setter then only reports it.
+    """
+    from brainkit.losses import AdapNLoss, adapn_neighbourhood
+
+    if not isinstance(loss_fn, AdapNLoss):
+        return None
+
+    def update(epoch: int) -> float:
+        if step > 0:
+            loss_fn.neighbourhood_size = adapn_neighbourhood(
+                epoch + 1, batch_size=batch_size, n_views=n_views, final_k=final_k, step=step,
+                epochs=epochs)
+        size = loss_fn.neighbourhood_size
+        return math.nan if size is None else float(size)
+
+    return update
+
+
+def _probe(model, cohort, indices, *, seed, batch_size, device, amp, channels_last) -> dict:
+    """Cross-validated monitoring probes on a held-out set (not the paper's evaluation)."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    z = embed(model, cohort, indices, batch_size=batch_size, device=device, amp=amp,
+              channels_last=channels_last).astype(np.float64)
+    table = cohort.table.iloc[indices]
+    age = table["age"].to_numpy(dtype=np.float64)
+    folds = min(5, len(indices))
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 2, 5)))
+    pred = cross_val_predict(ridge, z, age, cv=KFold(folds, shuffle=True, random_state=seed))
+    out = {"probe_age_mae": float(mean_absolute_error(age, pred)), "probe_site_bacc": math.nan}
+    site = table["site"].astype(str).to_numpy()
+    _, counts = np.unique(site, return_counts=True)
+    if len(counts) >= 2 and counts.min() >= 2:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        cv = StratifiedKFold(min(5, int(counts.min())), shuffle=True, random_state=seed)
+        out["probe_site_bacc"] = float(balanced_accuracy_score(
+            site, cross_val_predict(clf, z, site, cv=cv)))
+    return out
+
+
+def _write_metrics(out_dir: Path, history: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(history)
+    if len(table):
+        table["epoch"] = table["epoch"].astype("int64")
+    buffer = BytesIO()
+    table.to_parquet(buffer, index=False)
+    atomic_write(out_dir / METRICS_NAME, lambda fh: fh.write(buffer.getvalue()))
+    return table
+
+
+def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
+    current = json.loads(json.dumps(current, default=repr))  # compare as written to disk
+    problems = []
+    for key in _RESUME_KEYS:
+        if saved.get("training", {}).get(key) != current["training"].get(key):
+            problems.append(f"training.{key}: saved {saved.get('training', {}).get(key)!r}, "
+                            f"now {current['training'].get(key)!r}")
+    for key in ("loss", "data"):
+        if saved.get(key) != current[key]:
+            problems.append(f"{key}: saved {saved.get(key)!r}, now {current[key]!r}")
+    if saved.get("model") is not None and current.get("model") is not None \
+            and saved["model"] != current["model"]:
+        problems.append(f"model: saved {saved['model']!r}, now {current['model']!r}")
+    if problems:
+        raise ValueError(f"cannot resume {path}: the run was started with other settings:\n  "
+                         + "\n  ".join(problems))
+
+
+def _indices_digest(indices: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- fit
+def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 300,
+        batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-5, lr_step: int = 10,
+        lr_gamma: float = 0.9, n_views: int | None = None, augmentation="crop",
+        loss_kwargs: dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
+        resume: bool = False, compile: bool = False, amp: bool | None = None,
+        channels_last: bool | None = None, cudnn_benchmark: bool | None = None,
+        fused: bool | None = None, sync_batchnorm: bool = False, drop_last: bool = False,
+        adapn_final_k: int = 4, adapn_step: int = 0, probe_every: int = 0, probe_indices=None, progress: bool = True,
+        model_config_: dict | None = None, handle_signals: bool = True,
+        prefetch: bool = True) -> FitResult:
+    """Train a model on a cohort with the paper's protocol; resumable and distributed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`brainkit.models.ContrastiveModel` (any model mapping ``(B, 1, X, Y, Z)`` to
+        ``(B, D)`` works with a contrastive loss) or, with ``loss="l1"``, a
+        :class:`brainkit.models.RegressionModel`. Moved to ``device`` and trained in place.
+    cohort : brainkit.data.Cohort
+        Images come from ``cohort.images(batch)`` (float32, (n, X, Y, Z); a channel axis is
+        added); labels are ``cohort.table["age"]``.
+    loss : str or torch.nn.Module
+        A name for :func:`brainkit.losses.make_loss` (``"yaware"``, ``"threshold"``, ``"exp"``,
+        ``"rnc"``, ``"adapn"``; with ``loss_kwargs``), a loss module ``loss(z, y)``, or
+        ``"l1"``: the regression baseline (mean absolute error on age). For an
+        :class:`~brainkit.losses.AdapNLoss`, the neighbourhood size is set at the start of
+        every epoch with :func:`~brainkit.losses.adapn_neighbourhood`.
+    out_dir : path-like
+        Run directory; receives ``config.json``, ``checkpoint.pt`` and ``metrics.parquet``.
+        Refused if it already holds a checkpoint and ``resume`` is False.
+    indices : array-like of int, optional
+        Training positions in the cohort (default: all images).
+    epochs : int, default 300
+    batch_size : int, default 32
+        Images per step (global: across all processes). Each image contributes ``n_views``
+        rows to the loss.
+    lr, weight_decay : float, default 1e-4, 5e-5
+        Adam (L2 weight decay, as ``torch.optim.Adam``).
+    lr_step, lr_gamma : int, float, default 10, 0.9
+        ``StepLR``: the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+    n_views : int, optional
+        Augmented views per image, concatenated along dim 0 into one forward pass (the loss
+        sees ``z`` of shape ``(n_views * B, D)`` and ``y`` of shape ``(n_views * B,)``,
+        view-major). Default 2 for contrastive losses, 1 for ``"l1"``.
+    augmentation : str, callable or None, default "crop"
+        A name for :func:`brainkit.data.augment.augmentation` (``"none"``, ``"crop"``,
+        ``"cutout"``, ``"all"``), a callable ``aug(x, generator=g)``, or ``None`` (no
+        augmentation). Applied per image on ``device`` with per-image generators
+        (:func:`view_seed`).
+    loss_kwargs : dict, optional
+        Keyword arguments of ``make_loss`` when ``loss`` is a name.
+    device : str or torch.device, default "cpu"
+        ``"cuda"`` under torchrun means ``cuda:LOCAL_RANK``.
+    seed : int, default 0
+        Seeds the global generators at the start of a fresh run, the batch order and the
+        augmentations. (Model initialisation happens before ``fit``: seed it yourself.)
+    resume : bool, default False
+        Continue from ``out_dir/checkpoint.pt`` if it exists (else start fresh). The settings
+        that define the trajectory (batch size, views, augmentation, seed, optimiser, loss,
+        training indices, cohort) must match ``config.json``; ``epochs`` may grow.
+    compile : bool, default False
+        Wrap the model in :func:`torch.compile`.
+    amp : bool, optional
+        bf16 autocast for the forward pass (losses run in float32). Default: on for CUDA.
+    channels_last : bool, optional
+        ``torch.channels_last_3d`` model and inputs. Default: on for CUDA.
+    cudnn_benchmark : bool, optional
+        ``torch.backends.cudnn.benchmark`` during the run (restored after). Default: on for
+        CUDA.
+    fused : bool, optional
+        Fused Adam kernel. Default: on for CUDA.
+    sync_batchnorm : bool, default False
+        Under torchrun, convert batch norm layers to ``SyncBatchNorm`` (CUDA only in
+        PyTorch) so that statistics cover the global batch.
+    drop_last : bool, default False
+        Drop each epoch's last batch when smaller than ``batch_size``.
+    adapn_final_k, adapn_step : int, default 4, 0
+        AdapN neighbourhood schedule (released defaults ``end_NN_nb=4``,
+        ``NN_nb_step_size=0``): with ``adapn_step > 0`` the loss's ``neighbourhood_size`` is
+        set at the start of every epoch to ``adapn_neighbourhood(epoch, batch_size=...,
+        n_views=..., final_k=adapn_final_k, step=adapn_step, epochs=epochs)``; with 0 the
+        loss keeps the size it was built with. Ignored for other losses.
+    probe_every : int, default 0
+        Every ``probe_every`` epochs (and after the last), embed ``probe_indices`` and record
+        ``probe_age_mae`` (5-fold cross-validated ridge, alphas 1e-2..1e2, on the held-out
+        set) and ``probe_site_bacc`` (5-fold cross-validated logistic regression, balanced
+        accuracy; NaN with fewer than 2 sites of 2+ images). Monitoring only: the paper's
+        evaluation is :mod:`brainkit.eval`. 0 disables.
+    probe_indices : array-like of int, optional
+        Held-out positions for the probes (must not overlap ``indices``).
+    progress : bool, default True
+        Show a tqdm bar (loss, learning rate, volumes/s) on rank 0.
+    model_config_ : dict, optional
+        :func:`brainkit.models.build_model` arguments written to ``config.json``; default
+        :func:`brainkit.train.runs.model_config` of ``model`` (``None`` if it cannot describe
+        the model; :func:`brainkit.train.load_model` then cannot rebuild it).
+    handle_signals : bool, default True
+        On SIGTERM / SIGINT, finish the current step, write a checkpoint and raise
+        :class:`TrainingInterrupted` (installed from the main thread only).
+    prefetch : bool, default True
+        Read the next batch's images in a background thread.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    TrainingInterrupted
+        After SIGTERM / SIGINT, once the checkpoint is written.
+    FileExistsError
+        If ``out_dir`` holds a checkpoint and ``resume`` is False.
+
+    Notes
+    -----
+    Under torchrun (``WORLD_SIZE > 1`` in the environment, or an initialised default process
+    group), the model is wrapped in DistributedDataParallel; every process takes a
+    contiguous share of each global batch; outputs are all-gathered with gradients so the
+    loss sees the global batch; only rank 0 writes files and shows progress. The gradients
+    then equal those of one process on the same batch, except for batch-norm statistics,
+    which are per process unless ``sync_batchnorm``.
+
+    Examples
+    --------
+    >>> from brainkit.models import build_model
+    >>> model = build_model("contrastive", widths=(8, 16, 32, 64), head_dims=(64, 32))
+    >>> result = fit(model, cohort, "exp", out_dir="runs/exp", epochs=5,
+    ...              batch_size=16)  # doctest: +SKIP
+    >>> result.metrics[["epoch", "loss"]]  # doctest: +SKIP
+    """
+    # ---------------------------------------------------------------- validation
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not (hasattr(cohort, "images") and hasattr(cohort, "table")):
+        raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
+    if getattr(cohort, "grid_shape", None) is None:
+        raise ValueError("cohort has no images (table-only); training needs images")
+    epochs = _check_int("epochs", epochs, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    lr_step = _check_int("lr_step", lr_step, 1)
+    seed = _check_int("seed", seed, 0)
+    probe_every = _check_int("probe_every", probe_every, 0)
+    adapn_final_k = _check_int("adapn_final_k", adapn_final_k, 1)
+    adapn_step = _check_int("adapn_step", adapn_step, 0)
+    lr = _check_float("lr", lr, positive=True)
+    weight_decay = _check_float("weight_decay", weight_decay)
+    lr_gamma = _check_float("lr_gamma", lr_gamma, positive=True)
+    train_idx = resolve_indices(indices, len(cohort), "indices")
+    loss_fn, loss_record = _resolve_loss(loss, loss_kwargs)
+    regression = loss_fn is None
+    if regression:
+        from brainkit.models import RegressionModel
+
+        if not isinstance(unwrap_model(model), RegressionModel):
+            raise TypeError("loss='l1' trains a brainkit.models.RegressionModel, got "
+                            f"{type(unwrap_model(model)).__name__}")
+    n_views = (1 if regression else 2) if n_views is None else _check_int("n_views", n_views, 1)
+    augment, augmentation_name = _resolve_augmentation(augmentation)
+    if drop_last and len(train_idx) < batch_size:
+        raise ValueError(f"drop_last=True with {len(train_idx)} training images and "
+                         f"batch_size={batch_size} leaves no batch")
+    probe_idx = None
+    if probe_every:
+        if probe_indices is None:
+            raise ValueError("probe_every > 0 needs probe_indices (a held-out set)")
+        probe_idx = resolve_indices(probe_indices, len(cohort), "probe_indices")
+        if len(probe_idx) < 2:
+            raise ValueError(f"probe_indices needs at least 2 images, got {len(probe_idx)}")
+        overlap = np.intersect1d(probe_idx, train_idx)
+        if overlap.size:
+            raise ValueError("probe_indices must be held out, but positions "
+                             f"{overlap[:5].tolist()} are also training indices")
+    out_dir = Path(out_dir)
+    if model_config_ is None:
+        try:
+            model_config_ = model_config(model)
+        except TypeError:
+            model_config_ = None
+
+    info, device = setup_distributed(device)
+    if info.distributed and sync_batchnorm and device.type != "cuda":
+        teardown_distributed(info)
+        raise ValueError("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                         "implementation); use norm='instance' or 'group' on CPU")
+    try:
+        return _run(model=model, cohort=cohort, out_dir=out_dir, epochs=epochs,
+                    batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step,
+                    lr_gamma=lr_gamma, n_views=n_views, device=device, seed=seed,
+                    resume=resume, compile=compile, amp=amp, channels_last=channels_last,
+                    cudnn_benchmark=cudnn_benchmark, fused=fused, sync_batchnorm=sync_batchnorm,
+                    drop_last=drop_last, adapn_final_k=adapn_final_k, adapn_step=adapn_step,
+                    probe_every=probe_every, progress=progress,
+                    handle_signals=handle_signals, prefetch=prefetch, train_idx=train_idx,
+                    loss_fn=loss_fn, loss_record=loss_record, augment=augment,
+                    augmentation_name=augmentation_name, probe_idx=probe_idx,
+                    model_config_=model_config_, info=info)
+    finally:
+        teardown_distributed(info)
+
+
+def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step, lr_gamma,
+         n_views, device, seed, resume, compile, amp, channels_last, cudnn_benchmark, fused,
+         sync_batchnorm, drop_last, adapn_final_k, adapn_step, probe_every, progress,
+         handle_signals, prefetch, train_idx, loss_fn, loss_record, augment, augmentation_name, probe_idx, model_config_,
+         info) -> FitResult:
+    """The body of :func:`fit`, after validation and process-group setup."""
+    from tqdm.auto import tqdm
+
+    regression = loss_fn is None
+    ckpt_path = out_dir / CHECKPOINT_NAME
+
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else bool(amp)
+    channels_last = cuda if channels_last is None else bool(channels_last)
+    cudnn_benchmark = cuda if cudnn_benchmark is None else bool(cudnn_benchmark)
+    fused = cuda if fused is None else bool(fused)
+
+    config = {
+        "model": model_config_,
+        "loss": loss_record,
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                     "weight_decay": weight_decay, "lr_step": lr_step, "lr_gamma": lr_gamma,
+                     "n_views": n_views, "augmentation": augmentation_name, "seed": seed,
+                     "drop_last": drop_last, "adapn_final_k": adapn_final_k,
+                     "adapn_step": adapn_step, "probe_every": probe_every,
+                     "world_size": info.world_size, "amp": amp, "channels_last": channels_last,
+                     "compile": bool(compile)},
+        "data": {"cohort_hash": cohort.content_hash, "n_train": int(len(train_idx)),
+                 "train_indices_sha256": _indices_digest(train_idx),
+                 "grid_shape": [int(s) for s in cohort.grid_shape]},
+    }
+    if probe_idx is not None:
+        config["data"]["probe_indices_sha256"] = _indices_digest(probe_idx)
+
+    checkpoint = None
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{ckpt_path} exists; pass resume=True (CLI: --resume) to "
+                                  "continue that run, or choose another out_dir")
+        if info.is_main:
+            _check_resume_config(out_dir, read_run_config(out_dir), config)
+        checkpoint = load_checkpoint(ckpt_path)
+        if checkpoint.get("format") != _CHECKPOINT_FORMAT or "optimizer" not in checkpoint:
+            raise ValueError(f"{ckpt_path} is not a training checkpoint of this brainkit "
+                             "(saved with save_model?); cannot resume from it")
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(out_dir, config)
+
+    # ---------------------------------------------------------------- model, optimiser
+    base = unwrap_model(model)
+    base.to(device)
+    if channels_last:
+        base.to(memory_format=torch.channels_last_3d)
+    if info.distributed and sync_batchnorm:
+        base = nn.SyncBatchNorm.convert_sync_batchnorm(base)
+    optimizer = torch.optim.Adam(base.parameters(), lr=lr, weight_decay=weight_decay,
+                                 **({"fused": True} if fused else {}))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
+    if loss_fn is not None:
+        loss_fn.to(device)
+
+    start_epoch, start_step = 0, 0
+    history: list[dict] = []
+    carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
+    if checkpoint is not None:
+        base.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch, start_step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        history = [dict(row) for row in checkpoint["history"]]
+        carry = dict(checkpoint["carry"])
+    else:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    module: nn.Module = base
+    if info.distributed:
+        module = nn.parallel.DistributedDataParallel(
+            base, device_ids=[device.index] if cuda else None)
+    if compile:
+        module = torch.compile(module)
+    if info.distributed:
+        torch.distributed.barrier()
+
+    adapn = None if regression else _adapn_hook(loss_fn, batch_size=batch_size,
+                                                n_views=n_views, epochs=epochs,
+                                                final_k=adapn_final_k, step=adapn_step)
+    # Contrastive losses compute kernels in the labels' dtype: float64 keeps them exact.
+    ages = torch.tensor(cohort.table["age"].to_numpy(
+        dtype=np.float32 if regression else np.float64))
+    steps_per_epoch = len(epoch_batches(train_idx, batch_size=batch_size, seed=seed, epoch=0,
+                                        drop_last=drop_last))
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if cuda:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+    def save(epoch: int, step: int) -> None:
+        if not info.is_main:
+            return
+        state = {
+            "format": _CHECKPOINT_FORMAT,
+            "model": {k: v.detach().cpu() for k, v in base.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "step": step,
+            "rng": rng_state(),
+            "history": history,
+            "carry": carry,
+            "world_size": info.world_size,
+        }
+        atomic_save(state, ckpt_path)
+
+    def load_images(batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(cohort.images(batch)).unsqueeze(1)
+
+    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch - start_step,
+               disable=not (progress and info.is_main), unit="step", dynamic_ncols=True)
+    base.train()
+    executor = ThreadPoolExecutor(max_workers=1) if prefetch else None
+    try:
+        with _SignalGuard(handle_signals) as guard:
+            for epoch in range(start_epoch, epochs):
+                neighbourhood = adapn(epoch) if adapn is not None else None
+                batches = epoch_batches(train_idx, batch_size=batch_size, seed=seed,
+                                        epoch=epoch, drop_last=drop_last)
+                current_lr = optimizer.param_groups[0]["lr"]
+                first = start_step if epoch == start_epoch else 0
+                if first == 0:
+                    carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
+                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+                parts = [shard(b, info.rank, info.world_size) for b in batches]
+                pending = executor.submit(load_images, parts[first]) \
+                    if executor and first < len(batches) else None
+                tick = time.perf_counter()
+                last_post = 0.0
+                bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                for step in range(first, len(batches)):
+                    if _any_rank(guard.signum is not None, info, device):
+                        carry["loss_sum"] += loss_sum.item()
+                        carry["seconds"] += time.perf_counter() - tick
+                        save(epoch, step)
+                        raise TrainingInterrupted(guard.signum or signal.SIGTERM, epoch, step,
+                                                  ckpt_path)
+                    batch, local = batches[step], parts[step]
+                    x = pending.result() if pending is not None else load_images(local)
+                    pending = executor.submit(load_images, parts[step + 1]) \
+                        if executor and step + 1 < len(batches) else None
+                    x = x.to(device, non_blocking=True)
+                    x = augment_views(x, local, augment, n_views=n_views, seed=seed, epoch=epoch)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last_3d)
+                    y = ages[torch.as_tensor(batch)].repeat(n_views).to(device)
+                    sizes = shard_sizes(len(batch), info.world_size) if info.distributed \
+                        else None
+                    value = batch_loss(module, loss_fn, x, y, n_views=n_views, sizes=sizes,
+                                       amp=amp)
+                    optimizer.zero_grad(set_to_none=True)
+                    value.backward()
+                    optimizer.step()
+                    loss_sum += value.detach().double() * len(batch)
+                    carry["volumes"] += n_views * len(batch)
+                    bar.update(1)
+                    now = time.perf_counter()
+                    if bar.disable is False and now - last_post > 0.5:
+                        seconds = carry["seconds"] + now - tick
+                        bar.set_postfix(loss=f"{value.item():.4f}", lr=f"{current_lr:.2e}",
+                                        vol_s=f"{carry['volumes'] / max(seconds, 1e-9):.1f}")
+                        last_post = now
+                if cuda:
+                    torch.cuda.synchronize(device)
+                carry["loss_sum"] += loss_sum.item()
+                carry["seconds"] += time.perf_counter() - tick
+                n_seen = sum(len(b) for b in batches)
+                row = {"epoch": epoch + 1, "loss": carry["loss_sum"] / n_seen, "lr": current_lr,
+                       "seconds": carry["seconds"],
+                       "volumes_per_s": carry["volumes"] / max(carry["seconds"], 1e-9)}
+                if neighbourhood is not None:
+                    row["neighbourhood_size"] = neighbourhood
+                if probe_idx is not None:
+                    row.update({"probe_age_mae": math.nan, "probe_site_bacc": math.nan})
+                    if info.is_main and ((epoch + 1) % probe_every == 0 or epoch + 1 == epochs):
+                        row.update(_probe(base, cohort, probe_idx, seed=seed,
+                                          batch_size=batch_size, device=device, amp=amp,
+                                          channels_last=channels_last))
+                scheduler.step()
+                history.append(row)
+                carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
+                save(epoch + 1, 0)
+                if info.is_main:
+                    _write_metrics(out_dir, history)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{current_lr:.2e}",
+                                    vol_s=f"{row['volumes_per_s']:.1f}")
+    finally:
+        bar.close()
+        if executor is not None:
+            executor.shutdown(wait=True)
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+    if info.is_main and not history:
+        _write_metrics(out_dir, history)
+    metrics = pd.DataFrame(history)
+    if len(metrics):
+        metrics["epoch"] = metrics["epoch"].astype("int64")
+    return FitResult(model=base, metrics=metrics, out_dir=out_dir,
+                     epochs_completed=len(history), config=config)
