@@ -1,4 +1,11 @@
-"""``brainkit data ...`` subcommands: make a synthetic cohort, describe a saved one."""
+"""``brainkit data ...`` and ``brainkit cohort ...`` subcommands.
+
+- ``brainkit data synth``: generate a synthetic cohort; ``brainkit data info``: describe one;
+- ``brainkit data manifests``: list the dataset manifests;
+- ``brainkit data check MANIFEST --root DIR``: validate a local copy (exit 1 when unusable);
+- ``brainkit cohort import TABLE --images DIR --out COHORT [--grid-mm MM]``: bring your own
+  NIfTI images.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +54,43 @@ def _info(args) -> int:
     return 0
 
 
+def _manifests(args) -> int:
+    from .manifests import list_manifests, load_manifest
+
+    for name in list_manifests():
+        m = load_manifest(name)
+        layouts = ", ".join(m.layouts) if m.layouts else "saved cohort"
+        print(f"{name:<10} {m.kind:<9} {m.title} [layouts: {layouts}]")
+    return 0
+
+
+def _check(args) -> int:
+    from .check import check_dataset
+    from .manifests import ManifestError
+
+    try:
+        report = check_dataset(args.manifest, args.root, layout=args.layout,
+                               full=not args.quick, progress=not args.no_progress)
+    except (FileNotFoundError, ManifestError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.summary(max_problems=args.max_problems))
+    return 0 if report.ok else 1
+
+
+def _import(args) -> int:
+    from .nifti import import_nifti
+
+    try:
+        cohort = import_nifti(args.table, args.images, args.out, grid_mm=args.grid_mm,
+                              progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{cohort} -> {args.out}")
+    return 0
+
+
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="make, inspect and check cohorts")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -64,3 +108,35 @@ def register(subparsers) -> None:
     info = sub.add_parser("info", help="describe a saved cohort")
     info.add_argument("cohort", help="cohort directory (written by Cohort.save)")
     info.set_defaults(func=_info)
+
+    manifests = sub.add_parser("manifests", help="list the dataset manifests")
+    manifests.set_defaults(func=_manifests)
+
+    check = sub.add_parser("check", help="validate a local copy of a dataset against its "
+                                         "manifest (exit 1 when unusable)")
+    check.add_argument("manifest", help="manifest name (see `brainkit data manifests`) or a "
+                                        "YAML file")
+    check.add_argument("--root", required=True, help="the local copy's root folder")
+    check.add_argument("--layout", default=None, help="layout to check (default: the first "
+                                                      "whose tables exist)")
+    check.add_argument("--quick", action="store_true",
+                       help="read image headers only (skips the NaN / truncation checks)")
+    check.add_argument("--max-problems", type=int, default=30,
+                       help="problems listed per severity (default 30)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=_check)
+
+    cohort = subparsers.add_parser("cohort", help="bring your own images")
+    csub = cohort.add_subparsers(dest="cohort_command", metavar="SUBCOMMAND")
+    cohort.set_defaults(func=lambda args: (cohort.print_help(file=sys.stderr), 2)[1])
+    imp = csub.add_parser("import", help="import a table and a folder of NIfTI images as a "
+                                         "cohort")
+    imp.add_argument("table", help="TSV / CSV in the brainkit vocabulary (one row per image)")
+    imp.add_argument("--images", required=True,
+                     help="folder holding {image_id}.nii or {image_id}.nii.gz for every row")
+    imp.add_argument("--out", required=True, help="new cohort folder")
+    imp.add_argument("--grid-mm", type=float, default=None,
+                     help="resample to the MNI grid with this voxel size (e.g. 1.5, 3, 6); "
+                          "default: keep the images' own (shared) grid")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_import)
