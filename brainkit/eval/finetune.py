@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
@@ -28,30 +29,47 @@ from brainkit.eval._validation import as_labels, check_positive_int
 __all__ = ["FinetunedClassifier", "finetune_classifier", "TransferResult", "transfer_matrix"]
 
 
-def _as_images(images, name: str = "images") -> torch.Tensor:
-    """(n, X, Y, Z) or (n, C, X, Y, Z) array/tensor -> float32 CPU tensor (n, C, X, Y, Z)."""
-    if isinstance(images, torch.Tensor):
-        t = images.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        t = t.to(torch.float32)
-    else:
-        try:
-            arr = np.asarray(images, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
+class _Images:
+    """Read-only view of a stack of volumes, gathered one batch at a time.
+
+    Accepts (n, X, Y, Z) or (n, C, X, Y, Z) numpy arrays (memory-mapped or not, any real
+    dtype such as uint8 / float16 stores) or tensors; nothing is copied or converted until a
+    batch is requested, so a large image store is never loaded whole.
+    """
+
+    def __init__(self, images, name: str = "images"):
+        self.name = name
+        if isinstance(images, torch.Tensor):
+            data = images.detach()
+            ok = data.dtype.is_floating_point or data.dtype in (torch.uint8, torch.int16, torch.int32)
+        else:
+            data = images if isinstance(images, np.ndarray) else np.asarray(images)
+            ok = data.dtype.kind in "fiub"
+        if not ok:
             raise TypeError(f"{name} must be a numeric array of shape (n, X, Y, Z) or "
-                            f"(n, C, X, Y, Z); got {type(images).__name__}") from exc
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim == 4:
-        t = t.unsqueeze(1)
-    if t.ndim != 5:
-        raise ValueError(f"{name} must have shape (n, X, Y, Z) or (n, C, X, Y, Z); "
-                         f"got {tuple(t.shape)}")
-    if t.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains non-finite values")
-    return t
+                            f"(n, C, X, Y, Z); got dtype {data.dtype}")
+        if data.ndim not in (4, 5):
+            raise ValueError(f"{name} must have shape (n, X, Y, Z) or (n, C, X, Y, Z); "
+                             f"got {tuple(data.shape)}")
+        if data.shape[0] == 0:
+            raise ValueError(f"{name} is empty")
+        self.data = data
+        self.add_channel = data.ndim == 4
+        self.n = int(data.shape[0])
+        self.sample_shape = ((1,) if self.add_channel else ()) + tuple(data.shape[1:])
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Images ``idx`` as a float32 tensor (B, C, X, Y, Z) on ``device``."""
+        if isinstance(self.data, torch.Tensor):
+            b = self.data[torch.as_tensor(idx, device=self.data.device)]
+        else:
+            b = torch.from_numpy(np.ascontiguousarray(self.data[idx]))
+        b = b.to(device=device, dtype=torch.float32, non_blocking=True)
+        if self.add_channel:
+            b = b.unsqueeze(1)
+        if not torch.isfinite(b).all():
+            raise ValueError(f"{self.name} contains non-finite values (in images {idx[:8].tolist()})")
+        return b
 
 
 def _check_encoder(encoder) -> int:
@@ -176,18 +194,23 @@ class FinetunedClassifier:
         -------
         self
         """
+        x = _Images(images)
+        y = as_labels(y, "y")
+        if len(y) != x.n:
+            raise ValueError(f"images and y must have the same number of samples; got "
+                             f"{x.n} and {len(y)}")
+        return self._fit_subset(x, y, np.arange(x.n))
+
+    def _fit_subset(self, x: _Images, y: np.ndarray, rows: np.ndarray) -> FinetunedClassifier:
+        """Fit on images ``rows`` of ``x`` with labels ``y[rows]``."""
         device = self._check_params()
         in_features = _check_encoder(self.encoder)
-        x = _as_images(images)
-        y = as_labels(y, "y")
-        if len(y) != x.shape[0]:
-            raise ValueError(f"images and y must have the same number of samples; got "
-                             f"{x.shape[0]} and {len(y)}")
+        y = y[rows]
         classes = np.unique(y)
         if classes.size != 2:
             raise ValueError(f"y must contain exactly two classes; got {classes.tolist()[:10]}")
         target = torch.as_tensor((y == classes[1]).astype(np.float32))
-        n = x.shape[0]
+        n = len(rows)
         n_pos = float(target.sum())
         pos_weight = None
         if self.class_weight == "balanced":
@@ -207,26 +230,27 @@ class FinetunedClassifier:
                 model.train()
                 if self.freeze_encoder:
                     model.encoder.eval()
-                perm = torch.randperm(n, generator=gen)
+                perm = torch.randperm(n, generator=gen).numpy()
                 total, seen = 0.0, 0
                 for start in range(0, n, self.batch_size):
-                    idx = perm[start:start + self.batch_size]
-                    if idx.numel() == 1 and n > 1:
-                        continue  # a lone sample breaks batch norm; it is drawn again next epoch
-                    xb = x[idx].to(device, non_blocking=True)
-                    yb = target[idx].to(device)
+                    pos = perm[start:start + self.batch_size]
+                    if pos.size == 1 and self.batch_size > 1:
+                        continue  # a lone last sample breaks batch norm; it is drawn again next epoch
+                    xb = x.batch(rows[pos], device)
+                    yb = target[torch.as_tensor(pos)].to(device)
                     opt.zero_grad(set_to_none=True)
                     loss = loss_fn(model(xb), yb)
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * idx.numel()
-                    seen += idx.numel()
+                    total += float(loss.detach()) * pos.size
+                    seen += pos.size
                 history.append(total / max(seen, 1))
         model.eval()
         self.model_ = model
         self.classes_ = classes
         self.history_ = history
         self.device_ = device
+        self.in_channels_ = x.sample_shape[0]
         return self
 
     def decision_function(self, images, *, batch_size: int | None = None) -> np.ndarray:
@@ -243,15 +267,21 @@ class FinetunedClassifier:
         ndarray of shape (n,)
             Feed these to :class:`brainkit.eval.TemperatureScaler` for calibration.
         """
+        x = _Images(images)
+        return self._logits_subset(x, np.arange(x.n), batch_size)
+
+    def _logits_subset(self, x: _Images, rows: np.ndarray, batch_size: int | None) -> np.ndarray:
         if not hasattr(self, "model_"):
             raise RuntimeError("this FinetunedClassifier is not fitted yet; call fit(images, y)")
-        x = _as_images(images)
+        if x.sample_shape[0] != self.in_channels_:
+            raise ValueError(f"{x.name} has {x.sample_shape[0]} channel(s); the model was "
+                             f"trained on {self.in_channels_}")
         bs = check_positive_int(batch_size or self.batch_size, "batch_size")
         out = []
         self.model_.eval()
         with torch.no_grad():
-            for start in range(0, x.shape[0], bs):
-                xb = x[start:start + bs].to(self.device_)
+            for start in range(0, len(rows), bs):
+                xb = x.batch(rows[start:start + bs], self.device_)
                 out.append(self.model_(xb).float().cpu())
         return torch.cat(out).numpy().astype(np.float64)
 
@@ -262,7 +292,7 @@ class FinetunedClassifier:
         -------
         ndarray of shape (n, 2)
         """
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(images, batch_size=batch_size)))
+        p = expit(self.decision_function(images, batch_size=batch_size))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, images, *, batch_size: int | None = None) -> np.ndarray:
@@ -324,11 +354,11 @@ def _unpack_dataset(name: str, item):
     if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
         raise TypeError(f"datasets[{name!r}] must be a tuple (images, y) or (images, y, groups); "
                         f"got {type(item).__name__}")
-    images = _as_images(item[0], f"datasets[{name!r}] images")
+    images = _Images(item[0], f"datasets[{name!r}] images")
     y = as_labels(item[1], f"datasets[{name!r}] y")
-    if len(y) != images.shape[0]:
+    if len(y) != images.n:
         raise ValueError(f"datasets[{name!r}]: images and y differ in length "
-                         f"({images.shape[0]} vs {len(y)})")
+                         f"({images.n} vs {len(y)})")
     groups = None
     if len(item) == 3 and item[2] is not None:
         groups = as_labels(item[2], f"datasets[{name!r}] groups")
@@ -373,7 +403,7 @@ def transfer_matrix(encoder: nn.Module, datasets: Mapping[str, tuple], *, epochs
     label_sets = {k: tuple(np.unique(v[1]).tolist()) for k, v in data.items()}
     if len(set(label_sets.values())) != 1 or len(next(iter(label_sets.values()))) != 2:
         raise ValueError(f"every dataset must have the same two labels; got {label_sets}")
-    shapes = {k: tuple(v[0].shape[1:]) for k, v in data.items()}
+    shapes = {k: v[0].sample_shape for k, v in data.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"every dataset must have the same image shape (C, X, Y, Z); got {shapes}")
 
@@ -386,14 +416,13 @@ def transfer_matrix(encoder: nn.Module, datasets: Mapping[str, tuple], *, epochs
             splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             folds = splitter.split(np.zeros(len(y)), y, groups)
         for fold, (tr, te) in enumerate(folds):
-            clf = finetune_classifier(
-                encoder, images[torch.as_tensor(tr)], y[tr], epochs=epochs, lr=lr,
-                batch_size=batch_size, device=device, seed=seed + fold,
-                freeze_encoder=freeze_encoder, weight_decay=weight_decay,
-                class_weight=class_weight)
+            clf = FinetunedClassifier(
+                encoder, epochs=epochs, lr=lr, batch_size=batch_size, device=device,
+                seed=seed + fold, freeze_encoder=freeze_encoder, weight_decay=weight_decay,
+                class_weight=class_weight)._fit_subset(images, y, tr)
             for target, (t_images, t_y, _) in data.items():
                 idx = te if target == source else np.arange(len(t_y))
-                prob = clf.predict_proba(t_images[torch.as_tensor(idx)])[:, 1]
+                prob = expit(clf._logits_subset(t_images, idx, None))
                 truth = (t_y[idx] == clf.classes_[1]).astype(int)
                 pred = (prob >= 0.5).astype(int)
                 auc = (float(roc_auc_score(truth, prob)) if 0 < truth.sum() < truth.size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,25 @@ def test_same_seed_same_model_and_string_labels(rng, encoder):
     # Channel-first input (n, 1, X, Y, Z) and a tensor give the same predictions.
     np.testing.assert_allclose(a.decision_function(torch.from_numpy(x[:, None])),
                                a.decision_function(x), rtol=1e-6)
+
+
+def test_memory_mapped_uint8_store(rng, encoder, tmp_path):
+    """A read-only uint8 memmap (a compact image store) is read batch by batch."""
+    x, y = planted_volumes(rng, 24)
+    path = tmp_path / "images.npy"
+    np.save(path, np.clip(x * 40 + 128, 0, 255).astype(np.uint8))
+    store = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "non-writable array" warning
+        clf = finetune_classifier(encoder, store, y, epochs=2, lr=1e-3, batch_size=8,
+                                  device="cpu", seed=0)
+        p_store = clf.predict_proba(store)
+    p_float = clf.predict_proba(np.asarray(store, dtype=np.float32))
+    np.testing.assert_allclose(p_store, p_float, rtol=1e-6)
+    bad = x.copy()
+    bad[5, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite values \(in images"):
+        clf.predict_proba(bad)
 
 
 def test_argument_errors(rng, encoder):
