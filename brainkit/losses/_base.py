@@ -155,3 +155,32 @@ def mean_over_valid(per_anchor: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     kept = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
     count = valid.sum().clamp_min(1).to(per_anchor.dtype)
     return kept.sum() / count
+
+
+def sort_with_strict_rank(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort each row and count, for every entry, the entries of its row strictly below it.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (N, M)
+        No NaN (infinities are fine and tie with each other).
+
+    Returns
+    -------
+    sorted_x : torch.Tensor of shape (N, M)
+        Each row in ascending order.
+    order : torch.Tensor of int64, shape (N, M)
+        ``sorted_x = x.gather(1, order)``.
+    rank : torch.Tensor of int64, shape (N, M)
+        ``rank[n, j] = #{t : x[n, t] < x[n, j]}``; tied entries share the rank of the first
+        of them in sorted order, so the entries below ``x[n, j]`` are exactly the sorted
+        positions ``0 .. rank[n, j] - 1``. O(N M log M), like ``searchsorted`` but faster:
+        the first position of each run of equal values, carried forward with ``cummax``.
+    """
+    sorted_x, order = torch.sort(x, dim=1)
+    positions = torch.arange(x.shape[1], device=x.device).expand_as(order)
+    starts_run = torch.ones_like(sorted_x, dtype=torch.bool)
+    starts_run[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
+    first = torch.where(starts_run, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    rank = torch.empty_like(first).scatter_(1, order, first)
+    return sorted_x, order, rank

@@ -50,6 +50,7 @@ from brainkit.losses._base import (
     masked_logsumexp,
     mean_over_valid,
     prepare_inputs,
+    sort_with_strict_rank,
 )
 from brainkit.losses.kernels import get_kernel
 
@@ -193,8 +194,9 @@ class ThresholdLoss(_KernelisedLoss):
       sum_{t != n, W[n, t] < W[n, k]} exp S[n, t]))``.
 
     Neither materialises an (N, N, N) tensor: the reference count sorts each row of W and
-    uses ``searchsorted``; the paper denominator sorts each anchor's row by W and takes a
-    cumulative log-sum-exp of the similarities. Both are O(N^2 log N) time, O(N^2) memory.
+    ranks its entries (``C[n, m]`` is the rank of ``W[m, n]`` in row m, ties sharing the
+    lowest rank); the paper denominator sorts each anchor's row by W and takes a cumulative
+    log-sum-exp of the similarities. Both are O(N^2 log N) time, O(N^2) memory.
     Kernel values are compared in the dtype of ``y`` (weights that underflow to 0 tie).
 
     Parameters
@@ -235,9 +237,8 @@ class ThresholdLoss(_KernelisedLoss):
         return self._reduce(pos, logits - log_den, valid)
 
     def _reference_log_den(self, logits, w_label, off):
-        # count_t[m, n] = #{k : W[m, k] < W[m, n]}  (row m sorted, strict "<" = side="left")
-        sorted_w = torch.sort(w_label, dim=1).values
-        count = torch.searchsorted(sorted_w, w_label.contiguous(), side="left").T  # C[n, m]
+        # rank[m, n] = #{k : W[m, k] < W[m, n]} (strict), so C[n, m] = rank[m, n]
+        count = sort_with_strict_rank(w_label)[2].T
         log_count = count.clamp_min(1).to(logits.dtype).log()
         if self.count_reduction == "mean":
             log_count = log_count - math.log(logits.shape[0])
@@ -245,15 +246,14 @@ class ThresholdLoss(_KernelisedLoss):
 
     @staticmethod
     def _paper_log_den(sim, w_label, off):
-        # Per anchor n: sort the rows t by W[n, t] (the anchor itself last, key +inf), take
-        # the cumulative log-sum-exp of S[n, t]; the rows with W[n, t] < W[n, k] are the
-        # first c[n, k] of that order, c = searchsorted(side="left").
+        # Per anchor n: sort the rows t by W[n, t] (the anchor itself last, key +inf) and
+        # take the cumulative log-sum-exp of S[n, t]; for k != n the rows with
+        # W[n, t] < W[n, k] are the first c[n, k] of that order (c = strict rank).
         key = w_label.masked_fill(~off, math.inf)
-        sorted_key, order = torch.sort(key, dim=1)
+        _, order, c = sort_with_strict_rank(key)
         cum = torch.logcumsumexp(sim.gather(1, order), dim=1)
-        c = torch.searchsorted(sorted_key, w_label.contiguous(), side="left")
         below = cum.gather(1, (c - 1).clamp_min(0))
-        return torch.where(c > 0, torch.logaddexp(sim, below), sim)  # (N, N)
+        return torch.where(c > 0, torch.logaddexp(sim, below), sim)  # (N, N); diagonal unused
 
 
 class ExpLoss(_KernelisedLoss):

@@ -17,7 +17,12 @@ import math
 import torch
 from torch import nn
 
-from brainkit.losses._base import autocast_disabled, check_positive, prepare_inputs
+from brainkit.losses._base import (
+    autocast_disabled,
+    check_positive,
+    prepare_inputs,
+    sort_with_strict_rank,
+)
 
 __all__ = ["RnCLoss"]
 
@@ -86,12 +91,11 @@ class RnCLoss(nn.Module):
         sim = -torch.cdist(z, z, p=2.0, compute_mode="donot_use_mm_for_euclid_dist") / self.temperature
         eye = torch.eye(n, dtype=torch.bool, device=z.device)
         # Sort each anchor's rows by label distance, the anchor itself first (key -inf) so it
-        # is never ">= d[i, k]"; rows j with d[i, j] >= d[i, k] are the sorted positions
-        # c[i, k]..N-1 with c = searchsorted(side="left"), a suffix: reverse cumulative LSE.
+        # is never ">= d[i, k]"; for k != i the rows j with d[i, j] >= d[i, k] are the sorted
+        # positions c[i, k] .. N-1 (c = strict rank): a suffix, so a reverse cumulative LSE.
         key = label_dist.masked_fill(eye, -math.inf)
-        sorted_key, order = torch.sort(key, dim=1)
+        _, order, c = sort_with_strict_rank(key)
         suffix = torch.logcumsumexp(sim.gather(1, order).flip(1), dim=1).flip(1)
-        c = torch.searchsorted(sorted_key, label_dist.contiguous(), side="left")
         log_den = suffix.gather(1, c)
         pair_loss = (log_den - sim).masked_fill(eye, 0.0)
         return pair_loss.sum() / (n * (n - 1))

@@ -336,3 +336,17 @@ def test_callable_kernel_output_is_checked():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_sort_with_strict_rank_counts_entries_strictly_below():
+    from brainkit.losses._base import sort_with_strict_rank
+
+    g = torch.Generator().manual_seed(13)
+    x = torch.randint(0, 5, (7, 9), generator=g).to(F64)
+    x[0, 3] = float("inf")
+    x[1, :2] = float("-inf")
+    x[2] = 1.0  # one long tie
+    sorted_x, order, rank = sort_with_strict_rank(x)
+    assert torch.equal(sorted_x, x.gather(1, order))
+    expected = (x[:, None, :] < x[:, :, None]).sum(-1)  # [n, j] = #{t : x[n, t] < x[n, j]}
+    assert torch.equal(rank, expected)
