@@ -7,6 +7,7 @@ per loss (:data:`LOSS_COLORS`) and per diagnosis (:data:`GROUP_COLORS`).
 
 from .bag import bag_distributions, bag_trajectories, roc_curves
 from .calibration import reliability_diagram
+from .data import age_histogram, category_colors, example_slices, site_ages
 from .scaling import mae_vs_accuracy, scaling_curves, site_bacc_curves
 from .theme import (
     GROUP_COLORS,
@@ -28,6 +29,10 @@ __all__ = [
     "loss_color",
     "loss_label",
     "group_color",
+    "category_colors",
+    "age_histogram",
+    "site_ages",
+    "example_slices",
     "scaling_curves",
     "site_bacc_curves",
     "mae_vs_accuracy",

@@ -78,7 +78,6 @@ def register_template() -> str:
             margin=dict(l=70, r=20, t=50, b=60),
             colorway=list(LOSS_COLORS.values()) + list(_EXTRA),
             hovermode="closest",
-            width=720,
             height=460,
         )
         template.layout.xaxis.update(showgrid=True, gridcolor="#EBEBEB", zeroline=False, ticks="outside")
