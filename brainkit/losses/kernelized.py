@@ -184,7 +184,7 @@ class ThresholdLoss(_KernelisedLoss):
     - reference (the released code):
       ``Den_n = sum_{m != n} exp(L[n, m]) C[n, m]`` with
       ``C[n, m] = #{k in 0..N-1 : W[m, n] > W[m, k]}`` (a count over all rows ``k``, strict
-      ``>``; with ``count_reduction="mean"`` divided by N, which shifts the loss by
+      ``>``; with ``count_reduction="mean"`` divided by N, which lowers the loss by
       ``(tau / base_tau) log N`` and leaves the gradient unchanged), then
       ``l_n = -(tau / base_tau) sum_m P[n, m] (L[n, m] - log Den_n) / sum_m P[n, m]``.
       Anchors with ``Den_n = 0`` (every ``C[n, m] = 0``, e.g. all labels equal, where the
