@@ -112,7 +112,7 @@ class PowerLawFit:
 
 
 def _initial_guess(n: np.ndarray, y: np.ndarray) -> list[float]:
-    c0 = 0.9 * float(y.min())
+    c0 = max(0.9 * float(y.min()), 0.0)
     order = np.argsort(n)
     ys = np.maximum(y[order] - c0, 1e-6)
     slope = np.polyfit(np.log(n[order]), np.log(ys), 1)[0] if np.ptp(n) > 0 else -0.5
