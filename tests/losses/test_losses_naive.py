@@ -92,7 +92,7 @@ def test_base_temperature_reaches_reference(base_tau):
 @pytest.mark.parametrize("kernel", ["rbf", "cauchy"])
 @pytest.mark.parametrize("views", [1, 2])
 def test_threshold_medium_batch_matches_dense_form(kernel, views):
-    # N = 48 with many ties (integer ages in 20..31): the sort / searchsorted forms against
+    # N = 48 with many ties (integer ages in 20..31): the sort-and-rank forms against
     # explicit (N, N, N) comparisons
     g = torch.Generator().manual_seed(views)
     samples = 48 // views
