@@ -336,9 +336,18 @@ def _resolve_loss(loss, loss_kwargs) -> tuple[nn.Module | None, dict]:
     if isinstance(loss, nn.Module):
         if loss_kwargs:
             raise ValueError("loss_kwargs only applies when loss is given by name")
-        return loss, {"name": type(loss).__name__, "kwargs": None, "repr": repr(loss)}
+        return loss, {"name": type(loss).__name__, "kwargs": None, "repr": _describe(loss)}
     raise TypeError("loss must be a name for brainkit.losses.make_loss, 'l1', or a "
                     f"torch.nn.Module, got {type(loss).__name__}")
+
+
+def _describe(obj) -> str:
+    """A stable description for config.json (no memory addresses, so resumes compare)."""
+    text = repr(obj)
+    if " at 0x" in text:
+        kind = type(obj)
+        text = f"{kind.__module__}.{kind.__qualname__}"
+    return text
 
 
 def _resolve_augmentation(augmentation) -> tuple[Callable | None, str]:
@@ -348,10 +357,12 @@ def _resolve_augmentation(augmentation) -> tuple[Callable | None, str]:
         from brainkit.data.augment import augmentation as make_augmentation
 
         return make_augmentation(augmentation), augmentation
-    if callable(augmentation):
-        return augmentation, repr(augmentation)
+    if callable(augmentation) or (callable(getattr(augmentation, "sample", None))
+                                  and callable(getattr(augmentation, "apply", None))):
+        return augmentation, _describe(augmentation)
     raise TypeError("augmentation must be a name for brainkit.data.augment.augmentation, None, "
-                    f"or a callable aug(x, generator=g); got {type(augmentation).__name__}")
+                    "a transform with sample() / apply(), or a callable aug(x, generator=g); "
+                    f"got {type(augmentation).__name__}")
 
 
 def _adapn_hook(loss_fn, *, batch_size: int, n_views: int, epochs: int, final_k: int,

@@ -7,8 +7,31 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from brainkit.data import Cohort
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads spinning on 2 shared cores
+    slow these tests tenfold under load; subprocesses get ``OMP_NUM_THREADS=1`` likewise."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict:
+    """Environment for Python subprocesses of these tests (one thread, this checkout)."""
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def planted_cohort(n: int, shape=(16, 16, 16), seed: int = 0, n_sites: int = 3) -> Cohort:
@@ -33,6 +56,12 @@ def planted_cohort(n: int, shape=(16, 16, 16), seed: int = 0, n_sites: int = 3) 
         "years_from_baseline": 0.0,
     })
     return Cohort(table, images.astype(np.float32), np.diag([6.0, 6.0, 6.0, 1.0]))
+
+
+@pytest.fixture(scope="session")
+def make_planted():
+    """:func:`planted_cohort`, for tests that need another size or grid."""
+    return planted_cohort
 
 
 @pytest.fixture(scope="session")

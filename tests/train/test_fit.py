@@ -1,0 +1,202 @@
+"""fit: it learns, writes its run directory, checks its arguments, resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import RidgeCV
+
+from brainkit.data.augment import GaussianNoise
+from brainkit.losses import adapn_neighbourhood, make_loss
+from brainkit.models import build_model
+from brainkit.train import TrainingInterrupted, embed, fit, load_checkpoint, predict_age
+
+WIDTHS = (4, 8, 16, 32)
+TRAIN, HELD_OUT = np.arange(64), np.arange(64, 96)
+
+
+def _ridge_mae(z: np.ndarray, age: np.ndarray) -> float:
+    ridge = RidgeCV(alphas=np.logspace(-2, 2, 5)).fit(z[TRAIN], age[TRAIN])
+    return float(np.abs(ridge.predict(z[HELD_OUT]) - age[HELD_OUT]).mean())
+
+
+def _model(kind: str, age: np.ndarray | None = None, **kw):
+    torch.manual_seed(0)
+    if kind == "regression":
+        return build_model("regression", widths=WIDTHS, target_mean=float(age.mean()),
+                           target_scale=float(age.std()), **kw)
+    return build_model("contrastive", widths=WIDTHS, head_dims=(32, 16), **kw)
+
+
+@pytest.mark.parametrize("loss", ["yaware", "exp", "l1"])
+def test_training_lowers_the_loss_and_learns_age(loss, toy_cohort, tmp_path):
+    """Planted effect: the ball's radius encodes age. Three epochs must (a) lower the loss,
+    (b) make a ridge probe on held-out embeddings beat both the untrained network and the
+    mean-age predictor."""
+    age = toy_cohort.table["age"].to_numpy()
+    model = _model("regression" if loss == "l1" else "contrastive", age[TRAIN])
+    before = _ridge_mae(embed(model, toy_cohort), age)
+    kwargs = {} if loss == "l1" else {"loss_kwargs": {"sigma": 5.0}}
+    result = fit(model, toy_cohort, loss, indices=TRAIN, out_dir=tmp_path, epochs=3,
+                 batch_size=16, lr=1e-3, progress=False, **kwargs)
+    losses = result.metrics["loss"].to_numpy()
+    assert losses[-1] < losses[0]
+    after = _ridge_mae(embed(model, toy_cohort), age)
+    mean_predictor = float(np.abs(age[HELD_OUT] - age[TRAIN].mean()).mean())
+    assert after < before
+    assert after < 0.6 * mean_predictor
+    if loss == "l1":
+        pred = predict_age(model, toy_cohort, HELD_OUT)
+        assert pred.shape == (32,) and pred.dtype == np.float64
+        assert np.corrcoef(pred, age[HELD_OUT])[0, 1] > 0.3
+
+
+def test_run_directory_contents(toy_cohort, tmp_path):
+    age = toy_cohort.table["age"].to_numpy()
+    model = _model("contrastive")
+    result = fit(model, toy_cohort, "exp", loss_kwargs={"sigma": 5.0}, indices=TRAIN,
+                 out_dir=tmp_path, epochs=2, batch_size=32, lr=1e-3, lr_step=1, lr_gamma=0.5,
+                 probe_every=2, probe_indices=HELD_OUT, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "config.json",
+                                                          "metrics.parquet"]
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    pd.testing.assert_frame_equal(metrics, result.metrics)
+    assert list(metrics.columns) == ["epoch", "loss", "lr", "seconds", "volumes_per_s",
+                                     "probe_age_mae", "probe_site_bacc"]
+    assert metrics["epoch"].tolist() == [1, 2]
+    np.testing.assert_allclose(metrics["lr"], [1e-3, 5e-4])  # StepLR every epoch, x0.5
+    assert (metrics["seconds"] > 0).all() and (metrics["volumes_per_s"] > 0).all()
+    np.testing.assert_allclose(metrics["volumes_per_s"], 2 * 64 / metrics["seconds"])
+    assert np.isnan(metrics["probe_age_mae"][0]) and np.isnan(metrics["probe_site_bacc"][0])
+    mean_predictor = np.abs(age[HELD_OUT] - age[HELD_OUT].mean()).mean()
+    assert 0 < metrics["probe_age_mae"][1] < mean_predictor
+    assert 0 <= metrics["probe_site_bacc"][1] <= 1
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == {"kind": "contrastive", "depth": 18, "widths": list(WIDTHS),
+                               "in_channels": 1, "norm": "batch", "head_dims": [32, 16]}
+    assert config["loss"] == {"name": "exp", "kwargs": {"sigma": 5.0}}
+    assert config["training"]["batch_size"] == 32 and config["training"]["n_views"] == 2
+    assert config["data"]["cohort_hash"] == toy_cohort.content_hash
+    assert config["data"]["n_train"] == 64
+
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt["model"][key], value), key
+    assert result.epochs_completed == 2 and result.model is model
+
+
+def test_fit_refuses_bad_arguments(toy_cohort, tmp_path):
+    model = _model("contrastive")
+    ok = {"out_dir": tmp_path / "run", "epochs": 1, "progress": False}
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, toy_cohort, "exp", **{**ok, "epochs": 0})
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(model, toy_cohort, "exp", batch_size=0, **ok)
+    with pytest.raises(ValueError, match="indices holds positions outside 0..95"):
+        fit(model, toy_cohort, "exp", indices=[0, 96], **ok)
+    with pytest.raises(ValueError, match="repeats"):
+        fit(model, toy_cohort, "exp", indices=[1, 1, 2], **ok)
+    with pytest.raises(TypeError, match="RegressionModel"):
+        fit(model, toy_cohort, "l1", **ok)
+    with pytest.raises(ValueError, match="probe_indices"):
+        fit(model, toy_cohort, "exp", probe_every=1, **ok)
+    with pytest.raises(ValueError, match="held out"):
+        fit(model, toy_cohort, "exp", indices=TRAIN, probe_every=1, probe_indices=[60, 70], **ok)
+    with pytest.raises(ValueError, match="name must be one of"):
+        fit(model, toy_cohort, "triplet", **ok)
+    with pytest.raises(TypeError, match="loss must be"):
+        fit(model, toy_cohort, 3, **ok)
+    with pytest.raises(ValueError, match="lr"):
+        fit(model, toy_cohort, "exp", lr=-1, **ok)
+    assert not (tmp_path / "run").exists()  # nothing written by refused calls
+
+
+def test_resume_refuses_other_settings_and_overwrites(toy_cohort, tmp_path):
+    idx = np.arange(16)
+    fit(_model("contrastive"), toy_cohort, "yaware", indices=idx, out_dir=tmp_path, epochs=1,
+        batch_size=8, progress=False)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        fit(_model("contrastive"), toy_cohort, "yaware", indices=idx, out_dir=tmp_path,
+            epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="training.batch_size: saved 8, now 4"):
+        fit(_model("contrastive"), toy_cohort, "yaware", indices=idx, out_dir=tmp_path,
+            epochs=2, batch_size=4, resume=True, progress=False)
+    with pytest.raises(ValueError, match="loss: saved"):
+        fit(_model("contrastive"), toy_cohort, "exp", indices=idx, out_dir=tmp_path, epochs=2,
+            batch_size=8, resume=True, progress=False)
+    with pytest.raises(ValueError, match="data: saved"):
+        fit(_model("contrastive"), toy_cohort, "yaware", indices=idx + 1, out_dir=tmp_path,
+            epochs=2, batch_size=8, resume=True, progress=False)
+    # a finished run resumes to itself without training
+    model = _model("contrastive")
+    done = fit(model, toy_cohort, "yaware", indices=idx, out_dir=tmp_path, epochs=1,
+               batch_size=8, resume=True, progress=False)
+    assert done.epochs_completed == 1 and len(done.metrics) == 1
+    for key, value in load_checkpoint(tmp_path)["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+class _InterruptAt:
+    """Augmentation that sends this process SIGINT when drawing its ``at``-th view batch."""
+
+    def __init__(self, at: int | None):
+        self.at, self.calls = at, 0
+        self.noise = GaussianNoise(std=(0.05, 0.05))
+
+    def sample(self, shape, generator=None, device=None):
+        return self.noise.sample(shape, generator=generator, device=device)
+
+    def apply(self, x, params):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.noise.apply(x, params)
+
+
+def test_sigint_mid_epoch_then_resume_is_bit_identical(toy_cohort, tmp_path):
+    """In-process twin of the SIGTERM subprocess test: interrupt at a step boundary inside
+    epoch 2, resume, and end with exactly the weights of an uninterrupted run."""
+    idx = np.arange(24)
+    common = {"indices": idx, "epochs": 3, "batch_size": 8, "lr": 1e-3, "progress": False,
+              "loss_kwargs": {"sigma": 5.0}}
+    reference = _model("contrastive")
+    fit(reference, toy_cohort, "exp", out_dir=tmp_path / "ref", augmentation=_InterruptAt(None),
+        **common)
+
+    model = _model("contrastive")
+    # 3 steps per epoch, 2 views each: call 9 is view 0 of epoch 2's second step
+    with pytest.raises(TrainingInterrupted, match="SIGINT after 1 epoch") as info:
+        fit(model, toy_cohort, "exp", out_dir=tmp_path / "run", augmentation=_InterruptAt(9),
+            **common)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2) == (info.value.epoch, info.value.step)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    resumed = _model("contrastive")  # fresh weights: everything must come from the checkpoint
+    result = fit(resumed, toy_cohort, "exp", out_dir=tmp_path / "run", resume=True,
+                 augmentation=_InterruptAt(None), **common)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    ref_metrics = pd.read_parquet(tmp_path / "ref" / "metrics.parquet")
+    np.testing.assert_array_equal(result.metrics["loss"], ref_metrics["loss"])
+
+
+def test_adapn_neighbourhood_follows_the_schedule(make_planted, tmp_path):
+    cohort = make_planted(32, shape=(12, 12, 12), seed=2)
+    loss_fn = make_loss("adapn", sigma=5.0)
+    result = fit(_model("contrastive"), cohort, loss_fn, out_dir=tmp_path, epochs=4,
+                 batch_size=32, adapn_final_k=4, adapn_step=1, augmentation=None,
+                 progress=False)
+    expected = [adapn_neighbourhood(e, batch_size=32, n_views=2, final_k=4, step=1, epochs=4)
+                for e in (1, 2, 3, 4)]
+    assert result.metrics["neighbourhood_size"].tolist() == expected
+    assert expected[0] > expected[-1] == 8
+    assert loss_fn.neighbourhood_size == expected[-1]
