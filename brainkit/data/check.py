@@ -51,8 +51,8 @@ class CheckReport:
     tables : list of dict
         Per table: name, path, rows (None if unreadable).
     images : list of dict
-        Per image spec: table, format, listed, found, missing, unreadable, bad_shape,
-        non_finite, extra.
+        Per image spec: table, format, pattern, listed, found, missing, unreadable,
+        bad_shape, bad_affine (implausible NIfTI header), non_finite, extra.
     counts : list of dict
         Per expected number: what, found, expected, agrees.
     """
@@ -275,7 +275,7 @@ def _check_nifti(path: Path, shape, grid_mm, full: bool, report: CheckReport, wh
         return "bad_shape", f"image of shape {tuple(got)}, expected {tuple(shape)}"
     reason = affine_problem(affine, got)
     if reason:
-        return "unreadable", reason
+        return "bad_affine", reason
     if grid_mm is not None and not np.allclose(affine, mni_grid(grid_mm)[1], atol=1e-3):
         report.add("warning", where, f"not on brainkit's {grid_mm:g} mm MNI grid (affine "
                                      f"{np.round(affine[:3], 3).tolist()}); brainkit cohort "
@@ -335,7 +335,7 @@ def _check_images(spec: ImageSpec, root: Path, raw: pd.DataFrame | None, table_s
         return
     stats = {"table": spec.table, "format": spec.format, "pattern": spec.patterns[0],
              "listed": 0, "found": 0, "missing": 0, "unreadable": 0, "bad_shape": 0,
-             "non_finite": 0, "extra": 0}
+             "bad_affine": 0, "non_finite": 0, "extra": 0}
     report.images.append(stats)
     if raw is None:
         stats.clear()
@@ -360,6 +360,10 @@ def _check_images(spec: ImageSpec, root: Path, raw: pd.DataFrame | None, table_s
             report.add("error", cands[0], f"missing file ({label} of {table_spec.path})")
             continue
         stats["found"] += 1
+        others = [c for c in cands if c != rel and (root / c).is_file()]
+        if others:
+            report.add("warning", rel, f"{others} also exist{'s' if len(others) == 1 else ''}"
+                                       f" for {label}; brainkit uses {rel}")
         if spec.format == "npy":
             outcome = _check_npy(root / rel, spec.shape, full)
         else:
@@ -390,7 +394,7 @@ def _compare(report: CheckReport, what: str, found, expected, *, tolerance: floa
     report.counts.append({"what": what, "found": found, "expected": expected, "agrees": agrees})
     if not agrees:
         report.add("warning", "counts", f"{what}: found {_fmt(found)}, expected "
-                                        f"{_fmt(expected)} ({report.expected_source})")
+                                        f"{_fmt(expected)}")
 
 
 def _check_counts(expected: dict, table: pd.DataFrame, report: CheckReport) -> None:

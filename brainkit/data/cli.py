@@ -4,7 +4,9 @@
 - ``brainkit data manifests``: list the dataset manifests;
 - ``brainkit data check MANIFEST --root DIR``: validate a local copy (exit 1 when unusable);
 - ``brainkit cohort import TABLE --images DIR --out COHORT [--grid-mm MM]``: bring your own
-  NIfTI images.
+  NIfTI images;
+- ``brainkit cohort openbhb ROOT --out COHORT [--grid-mm MM]``: an OpenBHB download (or a
+  challenge-kit file with ``--kit-npy NPY --mask TPM``, ROOT being the kit's TSV).
 """
 
 from __future__ import annotations
@@ -91,6 +93,31 @@ def _import(args) -> int:
     return 0
 
 
+def _openbhb(args) -> int:
+    from .openbhb import load_openbhb, load_openbhb_flat
+
+    try:
+        if args.kit_npy is None:
+            cohort = load_openbhb(args.root, splits=args.splits, grid_mm=args.grid_mm,
+                                  out=args.out, progress=not args.no_progress)
+        else:
+            if args.mask is None:
+                print("error: --kit-npy needs --mask (the kit's "
+                      "cat12vbm_space-MNI152_desc-gm_TPM.nii.gz)", file=sys.stderr)
+                return 2
+            cohort = load_openbhb_flat(args.kit_npy, args.root, args.mask, grid_mm=args.grid_mm,
+                                       out=args.out, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{cohort} -> {args.out}")
+    return 0
+
+
+def _split_names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="make, inspect and check cohorts")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -140,3 +167,18 @@ def register(subparsers) -> None:
                           "default: keep the images' own (shared) grid")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import)
+
+    obhb = csub.add_parser("openbhb", help="make a cohort from an OpenBHB download (or a "
+                                           "challenge-kit file)")
+    obhb.add_argument("root", help="the download root (participants.tsv, train/, val/); with "
+                                   "--kit-npy: the kit's .tsv matching the .npy rows")
+    obhb.add_argument("--out", required=True, help="new cohort folder")
+    obhb.add_argument("--grid-mm", type=float, default=None,
+                      help="resample to the MNI grid with this voxel size (default: keep 1.5)")
+    obhb.add_argument("--splits", type=_split_names, default=None,
+                      help="official splits to load, e.g. train,internal_test (default all)")
+    obhb.add_argument("--kit-npy", default=None,
+                      help="a challenge-kit file of flat rows (data/train.npy or test.npy)")
+    obhb.add_argument("--mask", default=None, help="with --kit-npy: the grey-matter TPM mask")
+    obhb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    obhb.set_defaults(func=_openbhb)

@@ -345,8 +345,8 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
 
     Examples
     --------
-    >>> cohort = import_nifti("participants.tsv", "images/", "my_cohort", grid_mm=3)  # doctest: +SKIP
-    >>> cohort.grid_shape                                                             # doctest: +SKIP
+    >>> cohort = import_nifti("participants.tsv", "images/", "cohort", grid_mm=3)  # doctest: +SKIP
+    >>> cohort.grid_shape                                                          # doctest: +SKIP
     (61, 73, 61)
     """
     from .realdata import read_table
