@@ -153,7 +153,8 @@ def register(subparsers) -> None:
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=_check)
 
-    cohort = subparsers.add_parser("cohort", help="bring your own images")
+    cohort = subparsers.add_parser("cohort", help="make a cohort from your own NIfTI images or "
+                                                  "an OpenBHB download")
     csub = cohort.add_subparsers(dest="cohort_command", metavar="SUBCOMMAND")
     cohort.set_defaults(func=lambda args: (cohort.print_help(file=sys.stderr), 2)[1])
     imp = csub.add_parser("import", help="import a table and a folder of NIfTI images as a "
