@@ -1,0 +1,265 @@
+"""The brain-age pipeline of the paper, cached in a results store.
+
+- :func:`train_encoder`: one training run (a loss on some images of a cohort), cached by the
+  hash of everything that determines it; its embeddings (or, for L1, predicted ages) of every
+  image of the cohort are stored with it.
+- :func:`cross_validate`: subject-level, age-stratified K-fold over healthy controls; out-of-fold
+  predicted age for every healthy image, predictions for every other image from the models
+  trained on healthy controls, and the brain-age gap with a bias correction fitted on held-out
+  healthy predictions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.splits import check_no_leakage, subject_kfold
+from .profiles import Profile, get_profile
+from .store import ResultsStore, Run, RunOutput, default_store
+
+__all__ = [
+    "LOSSES",
+    "loss_kwargs",
+    "train_config",
+    "train_encoder",
+    "run_embeddings",
+    "run_predictions",
+    "cross_validate",
+]
+
+#: Every loss the experiments know: the L1 regression baseline and the contrastive family.
+LOSSES = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
+_KERNELISED = ("yaware", "threshold", "exp", "adapn")
+
+
+def loss_kwargs(loss: str, profile: Profile) -> dict:
+    """``make_loss`` arguments a profile implies (the paper: sigma 2, tau 0.1; RnC tau 2)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+    if loss in _KERNELISED:
+        return {"kernel": "rbf", "sigma": profile.sigma, "temperature": profile.temperature}
+    if loss == "rnc":
+        return {"temperature": 2.0}
+    return {}
+
+
+def _digest(values) -> str:
+    text = "\n".join(map(str, values))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _model_config(loss: str, profile: Profile, ages: np.ndarray) -> dict:
+    if loss == "l1":
+        config = profile.model_config("regression")
+        config.pop("head_dims")
+        config.update(target_mean=round(float(ages.mean()), 4),
+                      target_scale=round(float(max(ages.std(), 1.0)), 4))
+        return config
+    return profile.model_config("contrastive")
+
+
+def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -> dict:
+    """The configuration that identifies a training run (its store key is this dict's hash)."""
+    train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
+    ages = cohort.table["age"].to_numpy()[train_idx]
+    return {
+        "kind": "train",
+        "loss": loss,
+        "loss_kwargs": loss_kwargs(loss, profile),
+        "model": _model_config(loss, profile, ages),
+        "train": {
+            "epochs": profile.epochs, "batch_size": profile.batch_size, "lr": profile.lr,
+            "weight_decay": profile.weight_decay, "lr_step": profile.lr_step,
+            "lr_gamma": profile.lr_gamma, "n_views": 1 if loss == "l1" else profile.n_views,
+            "augmentation": profile.augmentation,
+        },
+        "profile": profile.name,
+        "cohort": cohort.content_hash,
+        "train_images": _digest(cohort.table["image_id"].to_numpy()[train_idx]),
+        "n_train": int(len(train_idx)),
+        "seed": int(seed),
+    }
+
+
+def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None = None,
+                  seed: int = 0, store: ResultsStore | None = None, device: str | None = None,
+                  progress: bool = False) -> Run:
+    """Train (or load) one model and store its representation of every image.
+
+    Parameters
+    ----------
+    cohort : brainkit.data.Cohort
+    loss : {"l1", "yaware", "threshold", "exp", "rnc", "adapn"}
+    train_idx : array-like of int
+        Training positions in the cohort.
+    profile : str or Profile, optional
+        Model and protocol (default: ``BRAINKIT_PROFILE`` or ``ci``).
+    seed : int, default 0
+        Seeds model initialisation, batch order and augmentations.
+    store : ResultsStore, optional
+        Default: :func:`~brainkit.experiments.store.default_store`.
+    device : str, optional
+        Default: the profile's (CUDA when available).
+    progress : bool, default False
+        Show the training progress bar.
+
+    Returns
+    -------
+    Run
+        Tables ``embeddings`` (``image_id``, ``z0`` ...: pooled encoder features, the
+        representation the probes use), ``projection`` (contrastive runs: the L2-normalised
+        projection-head output), ``age_pred`` (L1 runs: the regression head's age for every
+        image), ``training`` (per-epoch metrics); file ``model`` (``config.json`` +
+        ``checkpoint.pt``, see :func:`brainkit.train.load_model`).
+    """
+    import torch
+
+    from ..models import build_model
+    from ..train import embed, fit, predict_age, save_model
+
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    if train_idx.size < 2:
+        raise ValueError(f"train_idx holds {train_idx.size} image(s); a training run needs >= 2")
+    config = train_config(cohort, loss, train_idx, profile=profile, seed=seed)
+    dev = device or profile.resolved_device()
+
+    def compute(work_dir: Path) -> RunOutput:
+        torch.manual_seed(seed)
+        model = build_model(**config["model"])
+        train = config["train"]
+        result = fit(model, cohort, loss, out_dir=work_dir / "fit", indices=np.sort(train_idx),
+                     epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                     weight_decay=train["weight_decay"], lr_step=train["lr_step"],
+                     lr_gamma=train["lr_gamma"], n_views=train["n_views"],
+                     augmentation=train["augmentation"], loss_kwargs=config["loss_kwargs"] or None,
+                     device=dev, seed=seed, resume=True, progress=progress)
+        model = result.model
+        ids = cohort.table["image_id"].to_numpy()
+        tables = {"training": result.metrics}
+        z = embed(model, cohort, layer="encoder", device=dev)
+        tables["embeddings"] = _embedding_table(ids, z)
+        if loss == "l1":
+            tables["age_pred"] = pd.DataFrame({"image_id": ids,
+                                               "age_pred": predict_age(model, cohort, device=dev)})
+        else:
+            tables["projection"] = _embedding_table(
+                ids, embed(model, cohort, layer="projection", device=dev))
+        save_model(model.cpu(), work_dir / "model", extra={"trained": config}, overwrite=True)
+        return RunOutput(tables=tables, files={"model": work_dir / "model"},
+                         info={"device": str(dev), "epochs_completed": result.epochs_completed})
+
+    return store.get_or_compute(config, compute, hashes={"cohort": cohort.content_hash})
+
+
+def _embedding_table(ids, z: np.ndarray) -> pd.DataFrame:
+    table = pd.DataFrame(np.asarray(z, dtype=np.float32),
+                         columns=[f"z{i}" for i in range(z.shape[1])])
+    table.insert(0, "image_id", ids)
+    return table
+
+
+def run_embeddings(run: Run, cohort, layer: str = "encoder") -> np.ndarray:
+    """A run's stored embeddings, in the cohort's row order."""
+    table = run.table("embeddings" if layer == "encoder" else layer)
+    table = table.set_index("image_id").loc[cohort.table["image_id"]]
+    return table.to_numpy(dtype=np.float64)
+
+
+def run_predictions(run: Run, cohort, train_idx, *, layer: str = "encoder") -> np.ndarray:
+    """Predicted age of every image of the cohort from one run.
+
+    L1 runs use their regression head; contrastive runs fit the age probe
+    (:func:`brainkit.eval.age_probe`, ridge, alpha by 5-fold CV) on the training images'
+    embeddings and apply it to all images.
+    """
+    from ..eval import age_probe
+
+    if run.config["loss"] == "l1":
+        table = run.table("age_pred").set_index("image_id").loc[cohort.table["image_id"]]
+        return table["age_pred"].to_numpy(dtype=np.float64)
+    z = run_embeddings(run, cohort, layer)
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    probe = age_probe(z[train_idx], cohort.table["age"].to_numpy()[train_idx])
+    return probe.predict(z)
+
+
+def cross_validate(cohort, loss: str, *, folds: int | None = None,
+                   profile: str | Profile | None = None, seed: int = 0,
+                   store: ResultsStore | None = None, correction: str = "beheshti",
+                   device: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """The paper's brain-age pipeline on any cohort.
+
+    Subject-level, age-stratified folds over healthy controls (HC); one model trained per fold
+    on the other folds' HC images; age from the embeddings by the ridge probe (or the
+    regression head for L1). Every HC image gets an out-of-fold prediction; every non-HC image
+    gets the mean of the fold models' predictions (models trained on HC only). The bias
+    correction (:class:`brainkit.eval.AgeBiasCorrector`) for a fold's test images is fitted on
+    the *other* folds' out-of-fold HC predictions, and for non-HC images on all out-of-fold HC
+    predictions: it never sees the images it corrects.
+
+    Parameters
+    ----------
+    cohort : brainkit.data.Cohort
+        Needs at least ``folds`` healthy subjects.
+    loss : {"l1", "yaware", "threshold", "exp", "rnc", "adapn"}
+    folds : int, optional
+        Default: the profile's (5 in the paper).
+    profile, seed, store, device, progress
+        As :func:`train_encoder`.
+    correction : {"beheshti", "cole"}, default "beheshti"
+
+    Returns
+    -------
+    pandas.DataFrame
+        The cohort table plus ``loss``, ``age_pred``, ``fold`` (test fold of an HC image; -1
+        for non-HC images, predicted by every fold's model), ``bag`` (= age_pred - age) and
+        ``bag_corrected``.
+    """
+    from ..eval import AgeBiasCorrector
+
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    folds = folds or profile.folds
+    table = cohort.table
+    hc = np.flatnonzero(table["diagnosis"].to_numpy() == "HC")
+    other = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
+    splits = subject_kfold(table, folds, seed=seed, indices=hc)
+    age = table["age"].to_numpy(dtype=float)
+    pred = np.full(len(table), np.nan)
+    fold_of = np.full(len(table), -1, dtype=int)
+    other_preds = []
+    for k, (train_idx, test_idx) in enumerate(splits):
+        check_no_leakage(table, train_idx, test_idx)
+        run = train_encoder(cohort, loss, train_idx, profile=profile, seed=seed, store=store,
+                            device=device, progress=progress)
+        p = run_predictions(run, cohort, train_idx)
+        pred[test_idx] = p[test_idx]
+        fold_of[test_idx] = k
+        if other.size:
+            other_preds.append(p[other])
+    if other.size:
+        pred[other] = np.mean(other_preds, axis=0)
+
+    corrected = np.full(len(table), np.nan)
+    for k, (_, test_idx) in enumerate(splits):
+        held_out = hc[fold_of[hc] != k]
+        corrector = AgeBiasCorrector(correction).fit(age[held_out], pred[held_out])
+        corrected[test_idx] = corrector.correct(age[test_idx], pred[test_idx])
+    if other.size:
+        corrector = AgeBiasCorrector(correction).fit(age[hc], pred[hc])
+        corrected[other] = corrector.correct(age[other], pred[other])
+
+    out = table.copy()
+    out["loss"] = loss
+    out["age_pred"] = pred
+    out["fold"] = fold_of
+    out["bag"] = pred - age
+    out["bag_corrected"] = corrected - age
+    return out
+
