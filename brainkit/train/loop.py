@@ -41,7 +41,8 @@ from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpo
 from .distributed import DistInfo, gather_views, setup_distributed, shard, shard_sizes, \
     teardown_distributed
 from .inference import embed, resolve_indices, unwrap_model
-from .runs import CONFIG_NAME, model_config, read_run_config, write_run_config
+from .runs import model_config as describe_model
+from .runs import read_run_config, write_run_config
 
 __all__ = [
     "FitResult",
@@ -107,6 +108,8 @@ class FitResult:
     out_dir : pathlib.Path
         The run directory (``config.json``, ``checkpoint.pt``, ``metrics.parquet``).
     epochs_completed : int
+    config : dict
+        What was written to ``out_dir/config.json`` (model, loss, training, data).
     """
 
     model: nn.Module
@@ -456,9 +459,9 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         resume: bool = False, compile: bool = False, amp: bool | None = None,
         channels_last: bool | None = None, cudnn_benchmark: bool | None = None,
         fused: bool | None = None, sync_batchnorm: bool = False, drop_last: bool = False,
-        adapn_final_k: int = 4, adapn_step: int = 0, probe_every: int = 0, probe_indices=None, progress: bool = True,
-        model_config_: dict | None = None, handle_signals: bool = True,
-        prefetch: bool = True) -> FitResult:
+        adapn_final_k: int = 4, adapn_step: int = 0, probe_every: int = 0,
+        probe_indices=None, progress: bool = True, model_config: dict | None = None,
+        handle_signals: bool = True, prefetch: bool = True) -> FitResult:
     """Train a model on a cohort with the paper's protocol; resumable and distributed.
 
     Parameters
@@ -541,9 +544,9 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         Held-out positions for the probes (must not overlap ``indices``).
     progress : bool, default True
         Show a tqdm bar (loss, learning rate, volumes/s) on rank 0.
-    model_config_ : dict, optional
+    model_config : dict, optional
         :func:`brainkit.models.build_model` arguments written to ``config.json``; default
-        :func:`brainkit.train.runs.model_config` of ``model`` (``None`` if it cannot describe
+        :func:`brainkit.train.model_config` of ``model`` (``None`` if it cannot describe
         the model; :func:`brainkit.train.load_model` then cannot rebuild it).
     handle_signals : bool, default True
         On SIGTERM / SIGINT, finish the current step, write a checkpoint and raise
@@ -622,11 +625,11 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
             raise ValueError("probe_indices must be held out, but positions "
                              f"{overlap[:5].tolist()} are also training indices")
     out_dir = Path(out_dir)
-    if model_config_ is None:
+    if model_config is None:
         try:
-            model_config_ = model_config(model)
+            model_config = describe_model(model)
         except TypeError:
-            model_config_ = None
+            model_config = None
 
     info, device = setup_distributed(device)
     if info.distributed and sync_batchnorm and device.type != "cuda":
@@ -644,7 +647,7 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
                     handle_signals=handle_signals, prefetch=prefetch, train_idx=train_idx,
                     loss_fn=loss_fn, loss_record=loss_record, augment=augment,
                     augmentation_name=augmentation_name, probe_idx=probe_idx,
-                    model_config_=model_config_, info=info)
+                    model_config=model_config, info=info)
     finally:
         teardown_distributed(info)
 
@@ -652,8 +655,8 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
 def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step, lr_gamma,
          n_views, device, seed, resume, compile, amp, channels_last, cudnn_benchmark, fused,
          sync_batchnorm, drop_last, adapn_final_k, adapn_step, probe_every, progress,
-         handle_signals, prefetch, train_idx, loss_fn, loss_record, augment, augmentation_name, probe_idx, model_config_,
-         info) -> FitResult:
+         handle_signals, prefetch, train_idx, loss_fn, loss_record, augment, augmentation_name,
+         probe_idx, model_config, info) -> FitResult:
     """The body of :func:`fit`, after validation and process-group setup."""
     from tqdm.auto import tqdm
 
@@ -667,7 +670,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     fused = cuda if fused is None else bool(fused)
 
     config = {
-        "model": model_config_,
+        "model": model_config,
         "loss": loss_record,
         "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                      "weight_decay": weight_decay, "lr_step": lr_step, "lr_gamma": lr_gamma,
@@ -765,9 +768,10 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
         atomic_save(state, ckpt_path)
 
     def load_images(batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(cohort.images(batch)).unsqueeze(1)
+        x = torch.from_numpy(cohort.images(batch)).unsqueeze(1)
+        return x.pin_memory() if cuda else x  # page-locked: the copy to the GPU is async
 
-    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch - start_step,
+    bar = tqdm(total=max(0, (epochs - start_epoch) * steps_per_epoch - start_step),
                disable=not (progress and info.is_main), unit="step", dynamic_ncols=True)
     base.train()
     executor = ThreadPoolExecutor(max_workers=1) if prefetch else None
