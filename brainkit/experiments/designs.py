@@ -1,0 +1,277 @@
+"""The paper's experimental designs as ready functions.
+
+- :func:`pretraining_split`: per-dataset test sets and the healthy training pools.
+- :func:`single_vs_merge` (Table 3): each loss trained on each dataset alone ("single") and on
+  the merged healthy pool ("merge"), tested on each dataset's held-out subjects, plus the OpenBHB
+  challenge metrics.
+- :func:`scaling_sweep` (Fig. 1): nested, subject-level subsets of the merged pool; external MAE
+  and site balanced accuracy against training size.
+- :func:`challenge_metrics`: the OpenBHB challenge protocol on a run's embeddings.
+- :func:`downstream_transfer` (Table 4, Fig. 3): fine-tune OpenBHB-pretrained encoders for HC
+  vs AD within and across datasets.
+
+All training goes through :func:`~brainkit.experiments.pipeline.train_encoder`, so runs shared
+by several designs (the largest scaling size *is* the merged run) are trained once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..data.splits import check_no_leakage, subject_kfold
+from .pipeline import run_embeddings, run_predictions, train_encoder
+from .profiles import Profile, get_profile
+from .store import ResultsStore, RunOutput, default_store
+
+__all__ = [
+    "PretrainingSplit",
+    "pretraining_split",
+    "challenge_metrics",
+    "single_vs_merge",
+    "scaling_sweep",
+    "downstream_transfer",
+]
+
+
+@dataclass(frozen=True)
+class PretrainingSplit:
+    """Healthy training pools and test sets per dataset (positions in the cohort).
+
+    Attributes
+    ----------
+    pools : dict of str to ndarray
+        Healthy images each dataset contributes to pre-training.
+    tests : dict of str to ndarray
+        Held-out healthy images of each dataset (for OpenBHB: the internal test set).
+    external : ndarray
+        OpenBHB external-site test images (empty when the cohort has no ``split`` column).
+    """
+
+    pools: dict
+    tests: dict
+    external: np.ndarray
+
+    @property
+    def merged(self) -> np.ndarray:
+        return np.sort(np.concatenate(list(self.pools.values())))
+
+
+def pretraining_split(cohort, *, test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
+    """Split each dataset's healthy controls into a training pool and a test set.
+
+    A dataset with the OpenBHB ``split`` column keeps its official split (``train`` is the pool,
+    ``internal_test`` the test set, ``external_test`` the external set). Every other dataset
+    holds out one subject-level, age-stratified fold (``1 / test_folds`` of its subjects).
+    """
+    table = cohort.table
+    hc = table["diagnosis"].to_numpy() == "HC"
+    split = table["split"].astype(str).to_numpy() if "split" in table else None
+    pools, tests, external = {}, {}, []
+    for dataset in sorted(table["dataset"].unique()):
+        rows = np.flatnonzero(hc & (table["dataset"].to_numpy() == dataset))
+        if split is not None and set(split[rows]) - {"nan", "None"}:
+            pools[dataset] = rows[split[rows] == "train"]
+            tests[dataset] = rows[split[rows] == "internal_test"]
+            external.append(rows[split[rows] == "external_test"])
+        else:
+            train, test = subject_kfold(table, test_folds, seed=seed, indices=rows)[0]
+            pools[dataset], tests[dataset] = np.sort(train), np.sort(test)
+        check_no_leakage(table, pools[dataset], tests[dataset])
+    ext = np.sort(np.concatenate(external)) if external else np.array([], dtype=np.int64)
+    return PretrainingSplit(pools=pools, tests=tests, external=ext)
+
+
+def challenge_metrics(run, cohort, split: PretrainingSplit, *, dataset: str = "openbhb") -> dict:
+    """OpenBHB challenge metrics of a run: probes fitted on the OpenBHB training pool."""
+    from ..eval import openbhb_challenge
+
+    if dataset not in split.pools or split.external.size == 0:
+        raise ValueError(f"the cohort has no {dataset!r} dataset with an official split "
+                         "(train / internal_test / external_test)")
+    z = run_embeddings(run, cohort)
+    age = cohort.table["age"].to_numpy(dtype=float)
+    site = cohort.table["site"].to_numpy()
+    tr, te, ex = split.pools[dataset], split.tests[dataset], split.external
+    res = openbhb_challenge((z[tr], age[tr], site[tr]), (z[te], age[te], site[te]),
+                            (z[ex], age[ex]))
+    return {"bacc": res.bacc, "mae_int": res.mae_int, "mae_ext": res.mae_ext,
+            "score": res.score, "bacc_chance": res.bacc_chance}
+
+
+def _age_metrics(age, pred) -> dict:
+    from ..eval import mae, pearson_r, r2
+
+    return {"mae": mae(age, pred), "r2": r2(age, pred), "r": pearson_r(age, pred)}
+
+
+def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
+                    seed: int = 0, store: ResultsStore | None = None,
+                    device: str | None = None) -> pd.DataFrame:
+    """Table 3: "single" (trained and tested on each dataset) vs "merge" (trained on all).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (loss, scheme, dataset) with ``mae``, ``r2``, ``r``, ``n_train``; rows with
+        ``dataset == "challenge"`` hold the OpenBHB challenge metrics (``bacc``, ``mae_int``,
+        ``mae_ext``, ``score``) of the OpenBHB-trained ("single") and merged models.
+    """
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    split = pretraining_split(cohort, seed=seed)
+    age = cohort.table["age"].to_numpy(dtype=float)
+    rows = []
+    for loss in losses:
+        runs = {}
+        for dataset, pool in split.pools.items():
+            runs[("single", dataset)] = (train_encoder(cohort, loss, pool, profile=profile,
+                                                       seed=seed, store=store, device=device), pool)
+        merged = split.merged
+        merge_run = train_encoder(cohort, loss, merged, profile=profile, seed=seed, store=store,
+                                  device=device)
+        for dataset, test in split.tests.items():
+            for scheme, (run, pool) in (("single", runs[("single", dataset)]),
+                                        ("merge", (merge_run, merged))):
+                pred = run_predictions(run, cohort, pool)
+                rows.append({"loss": loss, "scheme": scheme, "dataset": dataset,
+                             "n_train": len(pool), **_age_metrics(age[test], pred[test])})
+        if split.external.size:
+            for scheme, run in (("single", runs[("single", "openbhb")][0]), ("merge", merge_run)):
+                rows.append({"loss": loss, "scheme": scheme, "dataset": "challenge",
+                             "n_train": run.config["n_train"],
+                             **challenge_metrics(run, cohort, split)})
+    return pd.DataFrame(rows)
+
+
+def nested_subsets(cohort, pool, sizes: Sequence[int], *, seed: int = 0) -> list[np.ndarray]:
+    """Nested, subject-level subsets of ``pool`` with (about) ``sizes`` images each.
+
+    Subjects are shuffled once with ``seed`` and taken in that order until the size is reached,
+    so every subset contains the smaller ones and no subject is split.
+    """
+    pool = np.sort(np.asarray(pool, dtype=np.int64))
+    subjects = cohort.table["subject_id"].to_numpy()[pool]
+    order = np.random.default_rng(seed).permutation(np.unique(subjects))
+    rank = {s: i for i, s in enumerate(order)}
+    by_rank = pool[np.argsort([rank[s] for s in subjects], kind="stable")]
+    out = []
+    for n in sizes:
+        if not 2 <= n <= len(pool):
+            raise ValueError(f"training size {n} must be between 2 and the pool size {len(pool)}")
+        cut = n
+        while cut < len(by_rank) and subjects[np.searchsorted(pool, by_rank[cut])] == \
+                subjects[np.searchsorted(pool, by_rank[cut - 1])]:
+            cut += 1  # finish the last subject
+        out.append(np.sort(by_rank[:cut]))
+    return out
+
+
+def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None, *,
+                  profile: str | Profile | None = None, seed: int = 0,
+                  store: ResultsStore | None = None, device: str | None = None) -> pd.DataFrame:
+    """Fig. 1: train on nested subsets of the merged healthy pool and run the challenge.
+
+    The largest size defaults to the whole pool, so its runs are the "merge" runs of
+    :func:`single_vs_merge`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (loss, size): ``n_train``, ``n_sites``, ``n_datasets`` (diversity of the
+        training subset), ``bacc``, ``mae_int``, ``mae_ext``, ``score``, ``bacc_chance``.
+    """
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    split = pretraining_split(cohort, seed=seed)
+    pool = split.merged
+    sizes = list(train_sizes or profile.train_sizes)
+    sizes = [min(n, len(pool)) for n in sizes]
+    if len(pool) not in sizes:
+        sizes.append(len(pool))
+    subsets = nested_subsets(cohort, pool, sorted(set(sizes)), seed=seed)
+    table = cohort.table
+    rows = []
+    for loss in losses:
+        for subset in subsets:
+            run = train_encoder(cohort, loss, subset, profile=profile, seed=seed, store=store,
+                                device=device)
+            rows.append({"loss": loss, "n_train": len(subset),
+                         "n_sites": table["site"].iloc[subset].nunique(),
+                         "n_datasets": table["dataset"].iloc[subset].nunique(),
+                         **challenge_metrics(run, cohort, split)})
+    return pd.DataFrame(rows)
+
+
+def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str] = ("adni", "oasis3"),
+                        pretrain_dataset: str = "openbhb", profile: str | Profile | None = None,
+                        seed: int = 0, store: ResultsStore | None = None,
+                        device: str | None = None, folds: int | None = None,
+                        epochs: int | None = None, lr: float = 1e-4) -> dict:
+    """Table 4 and Fig. 3: fine-tune encoders pretrained on one dataset for HC vs AD.
+
+    Each loss's encoder is pretrained on the healthy pool of ``pretrain_dataset`` (the
+    "single" run of :func:`single_vs_merge`), then fine-tuned with a linear head on each
+    dataset in ``datasets`` (HC vs AD, subject-level folds) and tested within and across
+    datasets (:func:`brainkit.eval.transfer_matrix`). Cached per loss.
+
+    Returns
+    -------
+    dict
+        ``"scores"``: tidy balanced accuracies (loss, source, target, fold, balanced_accuracy);
+        ``"predictions"``: per-image probabilities (loss, source, target, fold, image_id, y, prob).
+    """
+    import torch
+
+    from ..eval import transfer_matrix
+    from ..train import load_model
+
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    dev = device or profile.resolved_device()
+    folds = folds or profile.folds
+    epochs = epochs or max(1, profile.epochs // 2)
+    split = pretraining_split(cohort, seed=seed)
+    if pretrain_dataset not in split.pools:
+        raise ValueError(f"the cohort has no {pretrain_dataset!r} healthy controls to pretrain on")
+    table = cohort.table
+    data = {}
+    for name in datasets:
+        rows = np.flatnonzero((table["dataset"].to_numpy() == name)
+                              & table["diagnosis"].isin(["HC", "AD"]).to_numpy())
+        if rows.size == 0:
+            raise ValueError(f"the cohort has no HC/AD images of dataset {name!r}")
+        data[name] = rows
+    scores, preds = [], []
+    for loss in losses:
+        run = train_encoder(cohort, loss, split.pools[pretrain_dataset], profile=profile,
+                            seed=seed, store=store, device=device)
+        config = {"kind": "finetune", "pretrained": run.key, "datasets": list(datasets),
+                  "folds": folds, "epochs": epochs, "lr": lr, "batch_size": profile.batch_size,
+                  "seed": seed, "cohort": cohort.content_hash}
+
+        def compute(work_dir, run=run, loss=loss):
+            model = load_model(run.file("model"), device=dev)
+            torch.manual_seed(seed)
+            inputs = {name: (cohort.images(rows),
+                             (table["diagnosis"].to_numpy()[rows] == "AD").astype(int),
+                             table["subject_id"].to_numpy()[rows])
+                      for name, rows in data.items()}
+            result = transfer_matrix(model.encoder, inputs, epochs=epochs, lr=lr,
+                                     batch_size=profile.batch_size, device=dev, seed=seed,
+                                     n_splits=folds)
+            return RunOutput(tables={"scores": result.scores,
+                                     "predictions": result.predictions})
+
+        out = store.get_or_compute(config, compute)
+        s = out.table("scores")
+        s.insert(0, "loss", loss)
+        scores.append(s)
+        p = out.table("predictions")
+        p.insert(0, "loss", loss)
+        preds.append(p)
+    return {"scores": pd.concat(scores, ignore_index=True),
+            "predictions": pd.concat(preds, ignore_index=True)}
