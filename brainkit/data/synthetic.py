@@ -132,7 +132,6 @@ _BOX = ((-93.0, 93.0), (-129.0, 93.0), (-75.0, 111.0))   # MNI mm, the 6 mm grid
 _PRESET_KEY = {"openbhb": 1, "adni": 2, "icbm": 3, "oasis3": 4}
 _LAYOUT, _SITE, _SUBJECT, _IMAGE = 0, 1, 2, 3
 _WEYL = (math.sqrt(5.0) - 1.0) / 2.0   # golden-ratio sequence for stable proportions
-_CHUNK_VOXELS = 8_000_000             # voxels rendered at once (bounds temporary memory)
 
 
 # ---------------------------------------------------------------------------- grids
@@ -382,7 +381,14 @@ def _check_preset(preset) -> str:
 
 
 def _plan(preset: str, n: int, seed: int) -> tuple[pd.DataFrame, dict]:
-    """The table and the per-image render parameters of one preset (no images yet)."""
+    """The table and the per-image render parameters of one preset (no images yet).
+
+    Subject ``i`` draws everything from its own stream, in a fixed order: 8 uniforms (age,
+    sex, site or split, visit count), 5 normals (TIV, gap, gap slope, severity, global
+    scale), the anatomy coefficients, then the visit-interval jitter. Diagnoses (and the
+    OpenBHB sites) follow a golden-ratio sequence, so every prefix of the cohort keeps the
+    target proportions.
+    """
     spec = _presets()[preset]
     pk = _PRESET_KEY[preset]
     weyl = _weyl(seed, preset, n)
@@ -488,8 +494,9 @@ def _plan(preset: str, n: int, seed: int) -> tuple[pd.DataFrame, dict]:
     params = {
         "bio_age": np.asarray(image_params["bio_age"]),
         "severity": np.asarray(image_params["severity"]),
-        "anatomy": anatomy[subject],
-        "log_scale": log_scale[subject],
+        "subject": subject,
+        "anatomy": anatomy,
+        "log_scale": log_scale,
         "key": image_params["key"],
         **{name: value[site] for name, value in sites_p.items()},
     }
@@ -505,37 +512,44 @@ def _ageing_loads(bio_age: np.ndarray) -> np.ndarray:
 
 
 def _render(params: dict, key: float, seed: int, out: np.ndarray) -> None:
-    """Write the images described by ``params`` into ``out`` (m, X, Y, Z) float32."""
+    """Write the images described by ``params`` into ``out`` (m, X, Y, Z) float32.
+
+    Images are rendered one at a time with identical array shapes, so an image's bytes do
+    not depend on which other images are generated with it (cohort size, merging).
+    """
     shape = GRIDS[key][0]
-    voxels = int(np.prod(shape))
-    tmpl = _template(key)
     mask = _mask(key)
-    log_t = np.log(np.maximum(tmpl, 1e-6)).reshape(-1)
-    regions = np.stack([_region(r, key).reshape(-1) for r in _AGEING])      # (R, V)
-    mtl = _region("medial_temporal", key).reshape(-1)
-    chunk = max(1, _CHUNK_VOXELS // voxels)
-    m = len(params["bio_age"])
-    for start in range(0, m, chunk):
-        sl = slice(start, min(start + chunk, m))
-        loads = _ageing_loads(params["bio_age"][sl]).astype(np.float32)
-        log_gm = _field(params["anatomy"][sl], key).reshape(-1, voxels) * np.float32(_ANAT_SD)
-        log_gm += log_t
-        log_gm -= loads @ regions
-        log_gm -= params["severity"][sl, None].astype(np.float32) * mtl
-        log_gm += params["log_scale"][sl, None].astype(np.float32)
-        gm = np.exp(log_gm, out=log_gm).reshape(-1, *shape)
-        bias = np.exp(_field(params["bias"][sl], key))
-        for b, i in enumerate(range(sl.start, sl.stop)):
-            sigma = params["fwhm_mm"][i] / (2.0 * math.sqrt(2.0 * math.log(2.0))) / key
-            vol = gaussian_filter(gm[b], sigma, truncate=3.0) if sigma > 0.25 else gm[b]
-            vol = vol * bias[b]
-            vol *= np.float32(params["gain"][i])
-            vol += np.float32(params["offset"][i])
-            noise = _stream(seed, *params["key"][i]).standard_normal(shape, dtype=np.float32)
-            vol += np.float32(params["noise_sd"][i]) * noise
-            np.clip(vol, 0.0, 1.0, out=vol)
-            vol *= mask
-            out[i] = vol
+    log_t = np.log(np.maximum(_template(key), 1e-6))
+    regions = [_region(r, key) for r in _AGEING]
+    mtl = _region("medial_temporal", key)
+    loads = _ageing_loads(params["bio_age"]).astype(np.float32)
+    fwhm_to_sigma = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    subject_log_gm, last_subject = None, None
+    for i in range(len(params["bio_age"])):
+        subject = params["subject"][i]
+        if subject != last_subject:        # a subject's visits are contiguous
+            subject_log_gm = _field(params["anatomy"][subject][None], key)[0]
+            subject_log_gm *= np.float32(_ANAT_SD)
+            subject_log_gm += log_t
+            subject_log_gm += np.float32(params["log_scale"][subject])
+            last_subject = subject
+        log_gm = subject_log_gm.copy()
+        for load, region in zip(loads[i], regions):
+            log_gm -= load * region
+        log_gm -= np.float32(params["severity"][i]) * mtl
+        vol = np.exp(log_gm, out=log_gm)
+        sigma = params["fwhm_mm"][i] * fwhm_to_sigma / key
+        if sigma > 0.25:
+            vol = gaussian_filter(vol, sigma, truncate=3.0)
+        vol *= np.exp(_field(params["bias"][i][None], key)[0])
+        vol *= np.float32(params["gain"][i])
+        vol += np.float32(params["offset"][i])
+        noise = _stream(seed, *params["key"][i]).standard_normal(shape, dtype=np.float32)
+        noise *= np.float32(params["noise_sd"][i])
+        vol += noise
+        np.clip(vol, 0.0, 1.0, out=vol)
+        vol *= mask
+        out[i] = vol
 
 
 def make_cohort(preset: str, *, n_subjects: int, grid_mm: float = 6, seed: int = 0) -> Cohort:
@@ -574,6 +588,7 @@ def make_cohort(preset: str, *, n_subjects: int, grid_mm: float = 6, seed: int =
     ['AD', 'HC', 'pMCI', 'sMCI']
     """
     preset = _check_preset(preset)
+    _check_n(n_subjects)
     return make_merged({preset: n_subjects}, grid_mm=grid_mm, seed=seed)
 
 
@@ -597,9 +612,11 @@ def make_merged(sizes: Mapping[str, int], *, grid_mm: float = 6, seed: int = 0) 
         ``openbhb`` is merged with other presets, their rows get ``split = "train"`` (the
         paper pre-trains on the merged data and tests on OpenBHB's internal / external sets).
     """
-    if not isinstance(sizes, Mapping) or not sizes:
-        raise TypeError(f"sizes must be a non-empty mapping of preset name -> n_subjects, "
-                        f"e.g. {{'openbhb': 300, 'adni': 80}}; got {sizes!r}")
+    if not isinstance(sizes, Mapping):
+        raise TypeError(f"sizes must be a mapping of preset name -> n_subjects, e.g. "
+                        f"{{'openbhb': 300, 'adni': 80}}; got {type(sizes).__name__}")
+    if not sizes:
+        raise ValueError(f"sizes is empty; name at least one preset of {list(PRESETS)}")
     for preset, n in sizes.items():
         _check_preset(preset)
         _check_n(n, f"sizes[{preset!r}]")
