@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown settings {sorted(unknown)}; choose from {SETTINGS}")
     grid, _ = mni_grid(args.grid_mm)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
+        f"CPU, {torch.get_num_threads()} thread(s)"
     params = sum(p.numel() for p in build_model("contrastive", depth=args.depth,
                                                 widths=args.widths,
                                                 head_dims=args.head_dims).encoder.parameters())

@@ -160,15 +160,16 @@ def view_seed(seed: int, epoch: int, index: int, view: int) -> int:
     return (int(hi) << 31) ^ int(lo)
 
 
-def _cat_params(parts: list):
-    """Concatenate per-image augmentation parameters (tensors, dicts, lists) along dim 0."""
+def _cat_params(parts: list, device: torch.device):
+    """Concatenate per-image augmentation parameters (tensors, dicts, lists) along dim 0 and
+    move them to ``device`` (one copy per tensor, not one per image)."""
     first = parts[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(parts, dim=0)
+        return torch.cat(parts, dim=0).to(device, non_blocking=True)
     if isinstance(first, dict):
-        return {k: _cat_params([p[k] for p in parts]) for k in first}
+        return {k: _cat_params([p[k] for p in parts], device) for k in first}
     if isinstance(first, (list, tuple)):
-        return type(first)(_cat_params([p[i] for p in parts]) for i in range(len(first)))
+        return type(first)(_cat_params([p[i] for p in parts], device) for i in range(len(first)))
     raise TypeError(f"augmentation parameters must be tensors, dicts or lists, got "
                     f"{type(first).__name__}")
 
@@ -195,8 +196,8 @@ def augment_views(x: torch.Tensor, indices, augment: Callable | None, *, n_views
         Rows ``v * b + j`` hold view ``v`` of image ``indices[j]``. Its random parameters
         come from a generator seeded by :func:`view_seed` ``(seed, epoch, indices[j], v)``,
         so an image's views do not depend on the batch or process it lands in. For a
-        ``RandomTransform`` the parameters are drawn per image from CPU generators (the same
-        on every device) and applied to the whole batch at once; another callable is called
+        ``RandomTransform`` the parameters are drawn per image on the CPU (the same on every
+        device), stacked, moved to ``x.device`` and applied to the whole batch at once; another callable is called
         once per image with a generator on ``x.device``.
     """
     if augment is None:
@@ -212,8 +213,8 @@ def augment_views(x: torch.Tensor, indices, augment: Callable | None, *, n_views
             g.manual_seed(view_seed(seed, epoch, int(index), v))
             gens.append(g)
         if batched:
-            params = _cat_params([augment.sample(one, generator=g, device=x.device)
-                                  for g in gens])
+            params = _cat_params([augment.sample(one, generator=g, device="cpu")
+                                  for g in gens], x.device)
             views.append(augment.apply(x, params))
         else:
             views.append(torch.cat([augment(x[j:j + 1], generator=g)
@@ -764,6 +765,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
             "history": history,
             "carry": carry,
             "world_size": info.world_size,
+            "seed": seed,  # with the epoch, it determines the batch order and augmentations
         }
         atomic_save(state, ckpt_path)
 
