@@ -478,8 +478,7 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         A name for :func:`brainkit.losses.make_loss` (``"yaware"``, ``"threshold"``, ``"exp"``,
         ``"rnc"``, ``"adapn"``; with ``loss_kwargs``), a loss module ``loss(z, y)``, or
         ``"l1"``: the regression baseline (mean absolute error on age). For an
-        :class:`~brainkit.losses.AdapNLoss`, the neighbourhood size is set at the start of
-        every epoch with :func:`~brainkit.losses.adapn_neighbourhood`.
+        :class:`~brainkit.losses.AdapNLoss`, see ``adapn_final_k`` / ``adapn_step``.
     out_dir : path-like
         Run directory; receives ``config.json``, ``checkpoint.pt`` and ``metrics.parquet``.
         Refused if it already holds a checkpoint and ``resume`` is False.
@@ -497,11 +496,12 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         Augmented views per image, concatenated along dim 0 into one forward pass (the loss
         sees ``z`` of shape ``(n_views * B, D)`` and ``y`` of shape ``(n_views * B,)``,
         view-major). Default 2 for contrastive losses, 1 for ``"l1"``.
-    augmentation : str, callable or None, default "crop"
+    augmentation : str, transform, callable or None, default "crop"
         A name for :func:`brainkit.data.augment.augmentation` (``"none"``, ``"crop"``,
-        ``"cutout"``, ``"all"``), a callable ``aug(x, generator=g)``, or ``None`` (no
-        augmentation). Applied per image on ``device`` with per-image generators
-        (:func:`view_seed`).
+        ``"cutout"``, ``"all"``), a transform with ``sample`` / ``apply`` (e.g. a
+        :class:`brainkit.data.augment.Compose`), a callable ``aug(x, generator=g)``, or
+        ``None`` (no augmentation). Applied on ``device`` with per-image random parameters
+        (:func:`augment_views`, :func:`view_seed`).
     loss_kwargs : dict, optional
         Keyword arguments of ``make_loss`` when ``loss`` is a name.
     device : str or torch.device, default "cpu"
