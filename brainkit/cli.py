@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 _COMMAND_MODULES = (
     "brainkit.data.cli",
     "brainkit.train.cli",
+    "brainkit.experiments.cli",
 )
 
 

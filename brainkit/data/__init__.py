@@ -31,6 +31,7 @@ from .nifti import ImageError, import_nifti
 from .openbhb import load_openbhb, load_openbhb_flat, mask_volume, openbhb_table, unmask
 from .paths import data_root
 from .realdata import fcon1000_table, label_mci_conversion, oasis1_table, oasis2_table, read_table
+from .synthetic import make_cohort, make_merged
 from .splits import LeakageError, check_no_leakage, official_split, subject_kfold
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "load_openbhb",
     "load_openbhb_flat",
     "ManifestError",
+    "make_cohort",
+    "make_merged",
     "mask_volume",
     "oasis1_table",
     "oasis2_table",

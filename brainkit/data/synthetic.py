@@ -121,7 +121,7 @@ _CHILD_GAP_AGE = 18.0       # the HC gap sd scales with age below this (min 40%)
 # constant term, spectrum (1 + |k|^2)^-1.5 (a few large smooth fields dominate), unit
 # variance, times _ANAT_SD (log grey matter).
 _ANAT_K = 8
-_ANAT_SD = 0.15
+_ANAT_SD = 0.10
 _GLOBAL_SD = 0.05          # per-subject global grey-matter scale (log), on top of TIV
 _BIAS_K = 3
 _TIV_EXPONENT = 0.3          # grey matter scales as (tiv / 1450 ml) ** 0.3

@@ -63,7 +63,7 @@ class PretrainingSplit:
 def pretraining_split(cohort, *, test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
     """Split each dataset's healthy controls into a training pool and a test set.
 
-    A dataset with the OpenBHB ``split`` column keeps its official split (``train`` is the pool,
+    A dataset whose rows carry the OpenBHB test splits keeps its official split (``train`` is the pool,
     ``internal_test`` the test set, ``external_test`` the external set). Every other dataset
     holds out one subject-level, age-stratified fold (``1 / test_folds`` of its subjects).
     """
@@ -73,7 +73,7 @@ def pretraining_split(cohort, *, test_folds: int = 5, seed: int = 0) -> Pretrain
     pools, tests, external = {}, {}, []
     for dataset in sorted(table["dataset"].unique()):
         rows = np.flatnonzero(hc & (table["dataset"].to_numpy() == dataset))
-        if split is not None and set(split[rows]) - {"nan", "None"}:
+        if split is not None and np.isin(split[rows], ("internal_test", "external_test")).any():
             pools[dataset] = rows[split[rows] == "train"]
             tests[dataset] = rows[split[rows] == "internal_test"]
             external.append(rows[split[rows] == "external_test"])
@@ -96,6 +96,9 @@ def challenge_metrics(run, cohort, split: PretrainingSplit, *, dataset: str = "o
     age = cohort.table["age"].to_numpy(dtype=float)
     site = cohort.table["site"].to_numpy()
     tr, te, ex = split.pools[dataset], split.tests[dataset], split.external
+    # Small cohorts can leave an internal-test site without training images; the challenge
+    # defines the internal set as seen sites, so such images are left out.
+    te = te[np.isin(site[te], site[tr])]
     res = openbhb_challenge((z[tr], age[tr], site[tr]), (z[te], age[te], site[te]),
                             (z[ex], age[ex]))
     return {"bacc": res.bacc, "mae_int": res.mae_int, "mae_ext": res.mae_ext,
@@ -221,8 +224,9 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
     Returns
     -------
     dict
-        ``"scores"``: tidy balanced accuracies (loss, source, target, fold, balanced_accuracy);
-        ``"predictions"``: per-image probabilities (loss, source, target, fold, image_id, y, prob).
+        ``"scores"``: one row per (loss, source, target, fold) with ``balanced_accuracy``,
+        ``auc``, ``n_train``, ``n_test``; ``"predictions"``: every test prediction (loss,
+        source, target, fold, index, image_id, y_true, prob).
     """
     import torch
 
@@ -263,8 +267,12 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
             result = transfer_matrix(model.encoder, inputs, epochs=epochs, lr=lr,
                                      batch_size=profile.batch_size, device=dev, seed=seed,
                                      n_splits=folds)
-            return RunOutput(tables={"scores": result.scores,
-                                     "predictions": result.predictions})
+            predictions = result.predictions.copy()
+            for name, rows in data.items():  # positions in each dataset -> image ids
+                mask = predictions["target"] == name
+                predictions.loc[mask, "image_id"] = table["image_id"].to_numpy()[
+                    rows[predictions.loc[mask, "index"].to_numpy(dtype=int)]]
+            return RunOutput(tables={"scores": result.table, "predictions": predictions})
 
         out = store.get_or_compute(config, compute)
         s = out.table("scores")

@@ -76,6 +76,7 @@ def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -
             "weight_decay": profile.weight_decay, "lr_step": profile.lr_step,
             "lr_gamma": profile.lr_gamma, "n_views": 1 if loss == "l1" else profile.n_views,
             "augmentation": profile.augmentation,
+            "recalibrate_bn": profile.recalibrate_bn,
         },
         "profile": profile.name,
         "cohort": cohort.content_hash,
@@ -119,7 +120,7 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
     import torch
 
     from ..models import build_model
-    from ..train import embed, fit, predict_age, save_model
+    from ..train import embed, fit, predict_age, recalibrate_batchnorm, save_model
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
@@ -140,6 +141,8 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
                      augmentation=train["augmentation"], loss_kwargs=config["loss_kwargs"] or None,
                      device=dev, seed=seed, resume=True, progress=progress)
         model = result.model
+        if train["recalibrate_bn"]:
+            recalibrate_batchnorm(model, cohort, np.sort(train_idx), device=dev)
         ids = cohort.table["image_id"].to_numpy()
         tables = {"training": result.metrics}
         z = embed(model, cohort, layer="encoder", device=dev)

@@ -36,6 +36,10 @@ class Profile:
         Training-set sizes (images) of the scaling sweeps.
     losses : tuple of str
         Losses compared in the book.
+    recalibrate_bn : bool
+        Recompute batch-norm statistics on the clean training images after training
+        (:func:`brainkit.train.recalibrate_batchnorm`). Needed for short high-learning-rate
+        runs (``ci``), off for the paper's protocol (not in the released code).
     device : str
         ``"auto"`` picks CUDA when available.
     """
@@ -59,6 +63,7 @@ class Profile:
     augmentation: str = "crop"
     sigma: float = 2.0
     temperature: float = 0.1
+    recalibrate_bn: bool = False
     device: str = "auto"
 
     def replace(self, **changes) -> Profile:
@@ -84,7 +89,8 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
-        epochs=12, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
+        epochs=25, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
+        recalibrate_bn=True,
         cohort_sizes={"openbhb": 240, "adni": 60, "icbm": 60, "oasis3": 60},
         train_sizes=(60, 120, 240),
     ),

@@ -9,7 +9,7 @@
 """
 
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint
-from .inference import embed, predict_age
+from .inference import embed, predict_age, recalibrate_batchnorm
 from .loop import (
     METRICS_NAME,
     FitResult,
@@ -40,6 +40,7 @@ __all__ = [
     "model_config",
     "predict_age",
     "read_run_config",
+    "recalibrate_batchnorm",
     "save_model",
     "view_seed",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["embed", "predict_age", "resolve_indices", "unwrap_model"]
+__all__ = ["embed", "predict_age", "recalibrate_batchnorm", "resolve_indices", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -163,3 +163,52 @@ def predict_age(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
     out = _batched(model, cohort, indices, batch_size, device, amp, channels_last,
                    lambda m, x: m(x).reshape(-1))
     return out.astype(np.float64)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
+                          device: str | torch.device = "cpu") -> int:
+    """Recompute batch-norm running statistics on clean (unaugmented) images.
+
+    Running means and variances are exponential averages collected while the weights move;
+    after a short, high-learning-rate run (the CPU ``ci`` profile) they lag the final weights
+    and eval-mode outputs drift far from train-mode ones. This pass resets them and
+    accumulates exact averages (``momentum=None``) over ``indices`` in train mode with the
+    final weights (as ``torch.optim.swa_utils.update_bn`` does). Weights are not changed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Already on ``device``.
+    cohort : brainkit.data.Cohort
+    indices : array-like of int, optional
+        Images to average over (use the training images; default all).
+    batch_size : int, default 32
+    device : str or torch.device, default "cpu"
+
+    Returns
+    -------
+    int
+        Number of batch-norm layers recalibrated (0 leaves the model untouched).
+    """
+    model = unwrap_model(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    try:
+        _check_cohort(cohort)
+        idx = resolve_indices(indices, len(cohort))
+        for start in range(0, len(idx), batch_size):
+            x = torch.from_numpy(cohort.images(idx[start:start + batch_size])).unsqueeze(1)
+            model(x.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
