@@ -15,13 +15,14 @@ In a chapter::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly
 import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
 
-__all__ = ["BookRenderer", "setup", "plotly_js_path", "RENDERER_NAME"]
+__all__ = ["BookContext", "BookRenderer", "setup", "plotly_js_path", "RENDERER_NAME"]
 
 RENDERER_NAME = "brainkit"
 _JS_NAME = "plotly.min.js"
@@ -51,16 +52,35 @@ class BookRenderer(MimetypeRenderer):
         return {"text/html": html}
 
 
-def setup(renderer: str = RENDERER_NAME) -> None:
-    """Register the offline renderer and make it plotly's default.
+@dataclass(frozen=True)
+class BookContext:
+    """What a chapter needs: the profile, the shared results store, the device."""
+
+    profile: object
+    store: object
+    device: str
+
+
+def setup(renderer: str = RENDERER_NAME, *, profile=None, store=None) -> BookContext:
+    """Register the offline renderer, make it plotly's default, and resolve the settings.
 
     Parameters
     ----------
     renderer : str, default "brainkit"
         The renderer to make default (pass e.g. ``"notebook"`` inside JupyterLab).
+    profile : str or Profile, optional
+        Default: ``BRAINKIT_PROFILE`` or ``ci``.
+    store : path or ResultsStore, optional
+        Default: ``BRAINKIT_STORE`` or ``.brainkit_store`` in the project (shared by all
+        chapters, so a run trained by one chapter is loaded by the next).
     """
+    from .experiments import ResultsStore, default_store, get_profile
+
     pio.renderers[RENDERER_NAME] = BookRenderer()
     pio.renderers.default = renderer
+    prof = get_profile(profile)
+    st = store if isinstance(store, ResultsStore) else default_store(store)
+    return BookContext(profile=prof, store=st, device=prof.resolved_device())
 
 
 def plotly_js_path() -> Path:

@@ -28,13 +28,33 @@ from .profiles import Profile, get_profile
 from .store import ResultsStore, RunOutput, default_store
 
 __all__ = [
+    "default_cohort",
     "PretrainingSplit",
     "pretraining_split",
     "challenge_metrics",
     "single_vs_merge",
     "scaling_sweep",
     "downstream_transfer",
+    "heldout_gaps",
 ]
+
+
+def default_cohort(profile: str | Profile | None = None):
+    """The cohort the book analyses.
+
+    ``BRAINKIT_COHORT`` names a saved cohort (e.g. real data imported with
+    ``brainkit cohort import``); otherwise the merged synthetic cohort of the profile
+    (``profile.cohort_sizes`` on ``profile.grid_mm``, seed 0).
+    """
+    import os
+
+    from ..data import Cohort, make_merged
+
+    path = os.environ.get("BRAINKIT_COHORT")
+    if path:
+        return Cohort.load(path)
+    profile = get_profile(profile)
+    return make_merged(profile.cohort_sizes, grid_mm=profile.grid_mm, seed=0)
 
 
 @dataclass(frozen=True)
@@ -113,8 +133,12 @@ def _age_metrics(age, pred) -> dict:
 
 def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
                     seed: int = 0, store: ResultsStore | None = None,
-                    device: str | None = None) -> pd.DataFrame:
+                    device: str | None = None,
+                    single_datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 3: "single" (trained and tested on each dataset) vs "merge" (trained on all).
+
+    ``single_datasets`` limits the "single" runs to some datasets (default: all); the
+    challenge rows need ``"openbhb"`` among them.
 
     Returns
     -------
@@ -131,19 +155,26 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
     for loss in losses:
         runs = {}
         for dataset, pool in split.pools.items():
+            if single_datasets is not None and dataset not in single_datasets:
+                continue
             runs[("single", dataset)] = (train_encoder(cohort, loss, pool, profile=profile,
                                                        seed=seed, store=store, device=device), pool)
         merged = split.merged
         merge_run = train_encoder(cohort, loss, merged, profile=profile, seed=seed, store=store,
                                   device=device)
         for dataset, test in split.tests.items():
-            for scheme, (run, pool) in (("single", runs[("single", dataset)]),
-                                        ("merge", (merge_run, merged))):
+            schemes = [("merge", (merge_run, merged))]
+            if ("single", dataset) in runs:
+                schemes.insert(0, ("single", runs[("single", dataset)]))
+            for scheme, (run, pool) in schemes:
                 pred = run_predictions(run, cohort, pool)
                 rows.append({"loss": loss, "scheme": scheme, "dataset": dataset,
                              "n_train": len(pool), **_age_metrics(age[test], pred[test])})
         if split.external.size:
-            for scheme, run in (("single", runs[("single", "openbhb")][0]), ("merge", merge_run)):
+            schemes = [("merge", merge_run)]
+            if ("single", "openbhb") in runs:
+                schemes.insert(0, ("single", runs[("single", "openbhb")][0]))
+            for scheme, run in schemes:
                 rows.append({"loss": loss, "scheme": scheme, "dataset": "challenge",
                              "n_train": run.config["n_train"],
                              **challenge_metrics(run, cohort, split)})
@@ -207,6 +238,56 @@ def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | No
                          "n_datasets": table["dataset"].iloc[subset].nunique(),
                          **challenge_metrics(run, cohort, split)})
     return pd.DataFrame(rows)
+
+
+def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
+                 seed: int = 0, store: ResultsStore | None = None, device: str | None = None,
+                 correction: str = "beheshti") -> pd.DataFrame:
+    """Fig. 2: brain-age gaps of held-out healthy controls and of every patient image.
+
+    Uses each loss's model pretrained on the merged healthy pool (the "merge" run of
+    :func:`single_vs_merge`): every image it predicts was never trained on (held-out healthy
+    test subjects of each dataset, and all non-HC images). The age-bias correction is
+    cross-fitted so that it never sees the images it corrects: held-out healthy images are
+    split into two subject-level halves, each corrected with the line fitted on the other;
+    patients are corrected with the line fitted on all held-out healthy images.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The cohort rows that were predicted, plus ``loss``, ``age_pred``, ``bag`` and
+        ``bag_corrected``.
+    """
+    from ..eval import AgeBiasCorrector
+
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    split = pretraining_split(cohort, seed=seed)
+    table = cohort.table
+    age = table["age"].to_numpy(dtype=float)
+    healthy = np.sort(np.concatenate(list(split.tests.values())))
+    patients = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
+    halves = subject_kfold(table, 2, seed=seed, indices=healthy)
+    frames = []
+    for loss in losses:
+        run = train_encoder(cohort, loss, split.merged, profile=profile, seed=seed, store=store,
+                            device=device)
+        pred = run_predictions(run, cohort, split.merged)
+        corrected = np.full(len(table), np.nan)
+        for fit_idx, apply_idx in halves:
+            line = AgeBiasCorrector(correction).fit(age[fit_idx], pred[fit_idx])
+            corrected[apply_idx] = line.correct(age[apply_idx], pred[apply_idx])
+        if patients.size:
+            line = AgeBiasCorrector(correction).fit(age[healthy], pred[healthy])
+            corrected[patients] = line.correct(age[patients], pred[patients])
+        rows = np.sort(np.concatenate([healthy, patients]))
+        out = table.iloc[rows].copy()
+        out["loss"] = loss
+        out["age_pred"] = pred[rows]
+        out["bag"] = pred[rows] - age[rows]
+        out["bag_corrected"] = corrected[rows] - age[rows]
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True)
 
 
 def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str] = ("adni", "oasis3"),

@@ -91,8 +91,8 @@ PROFILES: dict[str, Profile] = {
         name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
         epochs=25, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
         recalibrate_bn=True,
-        cohort_sizes={"openbhb": 240, "adni": 60, "icbm": 60, "oasis3": 60},
-        train_sizes=(60, 120, 240),
+        cohort_sizes={"openbhb": 240, "adni": 80, "icbm": 60, "oasis3": 60},
+        train_sizes=(120, 240),
     ),
     "workstation": Profile(
         name="workstation", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),

@@ -7,6 +7,7 @@ per loss (:data:`LOSS_COLORS`) and per diagnosis (:data:`GROUP_COLORS`).
 
 from .bag import bag_distributions, bag_trajectories, roc_curves
 from .calibration import reliability_diagram
+from .losses import kernels, toy_embeddings
 from .data import age_histogram, category_colors, example_slices, site_ages
 from .scaling import mae_vs_accuracy, scaling_curves, site_bacc_curves
 from .theme import (
@@ -21,6 +22,8 @@ from .theme import (
 )
 
 __all__ = [
+    "kernels",
+    "toy_embeddings",
     "TEMPLATE",
     "LOSS_COLORS",
     "LOSS_LABELS",
