@@ -2,6 +2,8 @@
 
 - ``brainkit data synth``: generate a synthetic cohort; ``brainkit data info``: describe one;
 - ``brainkit data manifests``: list the dataset manifests;
+- ``brainkit data pack COHORT --out DIR [--dtype uint8|float16]``: a compact copy for training
+  (cropped to the brain box, quantised, memory-mapped; :mod:`brainkit.data.packed`);
 - ``brainkit data check MANIFEST --root DIR``: validate a local copy (exit 1 when unusable);
 - ``brainkit cohort import TABLE --images DIR --out COHORT [--grid-mm MM]``: bring your own
   NIfTI images;
@@ -114,6 +116,42 @@ def _openbhb(args) -> int:
     return 0
 
 
+def _value_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, LO <= 0 <= HI), got "
+                                         f"{text!r}") from None
+    return lo, hi
+
+
+def _pack(args) -> int:
+    import numpy as np
+
+    from .cohort import Cohort, CohortError
+    from .packed import pack_cohort
+
+    try:
+        source = Cohort.load(args.cohort)
+        packed = pack_cohort(source, args.out, args.dtype, margin=args.margin,
+                             value_range=args.range, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    except (FileNotFoundError, FileExistsError, ValueError, CohortError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    store = packed.packed_store
+    full = 4 * len(packed) * int(np.prod(packed.grid_shape))
+    box = " x ".join(f"{a}:{b}" for a, b in store.box)
+    print(f"{packed} -> {args.out}")
+    print(f"box {box} of grid {'x'.join(map(str, packed.grid_shape))}; {store.dtype.name}, "
+          f"{store.nbytes / 2**20:.1f} MiB (float32 full grid: {full / 2**20:.1f} MiB, "
+          f"{full / max(store.nbytes, 1):.1f}x smaller)")
+    if store.dtype.name == "uint8":
+        print(f"quantisation: x = code * {store.scale:.6g} + {store.offset:.6g}; "
+              f"error <= {store.max_error:.3g}")
+    return 0
+
+
 def _split_names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -135,6 +173,23 @@ def register(subparsers) -> None:
     info = sub.add_parser("info", help="describe a saved cohort")
     info.add_argument("cohort", help="cohort directory (written by Cohort.save)")
     info.set_defaults(func=_info)
+
+    pack = sub.add_parser("pack", help="write a compact copy of a cohort for fast training "
+                                       "(cropped, uint8 or float16, memory-mapped)")
+    pack.add_argument("cohort", help="cohort directory (written by Cohort.save)")
+    pack.add_argument("--out", required=True, help="new cohort directory")
+    pack.add_argument("--dtype", default="uint8", choices=("uint8", "float16"),
+                      help="storage type (default uint8: 256 levels over the value range, "
+                           "error <= half a step)")
+    pack.add_argument("--margin", type=int, default=2,
+                      help="voxels kept around the union brain bounding box (default 2)")
+    pack.add_argument("--range", type=_value_range, default=None, metavar="LO,HI",
+                      help="uint8 value range (LO <= 0 <= HI; values outside are clipped); "
+                           "default: the cohort's own [min(0, min), max]")
+    pack.add_argument("--overwrite", action="store_true",
+                      help="replace a cohort already in --out")
+    pack.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pack.set_defaults(func=_pack)
 
     manifests = sub.add_parser("manifests", help="list the dataset manifests")
     manifests.set_defaults(func=_manifests)

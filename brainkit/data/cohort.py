@@ -69,7 +69,10 @@ _SEX_SPELLINGS = {
     "woman": "F",
 }
 _NUMERIC_OPTIONAL = ("tiv", "field_strength", "bio_age", "true_gap")
-_FORMAT_VERSION = 1
+# Version 1: float images in images.npy. Version 2: packed images (brainkit.data.packed) in
+# packed.npy; plain cohorts are still written as version 1 so older brainkit reads them.
+_FORMAT_VERSION = 2
+_PLAIN_FORMAT_VERSION = 1
 
 
 class CohortError(ValueError):
@@ -220,9 +223,12 @@ class Cohort:
     ----------
     table : pandas.DataFrame
         One row per image (see :func:`validate_table`).
-    images : numpy.ndarray of shape (n_images, X, Y, Z), or None
+    images : numpy.ndarray of shape (n_images, X, Y, Z), PackedStore, or None
         Image ``i`` belongs to row ``i``. A ``numpy.memmap`` is kept as is (not read into
-        memory). ``None`` makes a table-only cohort (e.g. tabular volumetrics).
+        memory). A :class:`brainkit.data.packed.PackedStore` (cropped uint8 / float16 images,
+        see :func:`brainkit.data.packed.pack_cohort`) makes a *packed* cohort: ``images()``
+        still returns float32 full-grid volumes, and :meth:`raw_batch` gives the stored bytes.
+        ``None`` makes a table-only cohort (e.g. tabular volumetrics).
     affine : array-like of shape (4, 4)
         Voxel-to-world (MNI, mm) transform shared by all images.
     check_finite : bool, default True
@@ -245,6 +251,14 @@ class Cohort:
         self._content_hash = _hash
         if images is None:
             self._images = None
+            return
+        from .packed import PackedStore
+
+        if isinstance(images, PackedStore):
+            if len(images) != len(self._table):
+                raise CohortError(f"the packed store holds {len(images)} volumes but the table "
+                                  f"has {len(self._table)} rows")
+            self._images = images
             return
         if not isinstance(images, np.ndarray):
             raise TypeError(f"images must be a numpy array, got {type(images).__name__}")
@@ -287,6 +301,13 @@ class Cohort:
     def has_images(self) -> bool:
         return self._images is not None
 
+    @property
+    def packed_store(self):
+        """The :class:`brainkit.data.packed.PackedStore` of a packed cohort, else ``None``."""
+        from .packed import PackedStore
+
+        return self._images if isinstance(self._images, PackedStore) else None
+
     def __len__(self) -> int:
         return len(self._table)
 
@@ -320,20 +341,56 @@ class Cohort:
         ----------
         indices : array-like of int or bool, optional
             Positions in the table (``None`` = all images).
+
+        Notes
+        -----
+        For a packed cohort the volumes are dequantised and un-cropped (zero outside the
+        stored box): within :attr:`PackedStore.max_error` of the images that were packed.
         """
         if self._images is None:
             raise CohortError("this cohort has no images (table-only)")
         idx = self._positions(indices)
+        if self.packed_store is not None:  # decoded and un-cropped (brainkit.data.packed)
+            return self._images.read(idx)
         # Sorted reads are much faster on memory-mapped stores; restore the order after.
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx),) + self._images.shape[1:], dtype=np.float32)
         out[order] = self._images[idx[order]]
         return out
 
+    def raw_batch(self, indices):
+        """Images as stored, for the training loop's fast path.
+
+        Parameters
+        ----------
+        indices : array-like of int
+            Positions in the table.
+
+        Returns
+        -------
+        brainkit.data.packed.RawBatch
+            ``data`` of shape (n, x, y, z): the uint8 / float16 boxes of a packed cohort
+            (``scale``, ``offset``, ``box`` and ``grid_shape`` say how to decode and un-crop
+            them, :func:`brainkit.data.packed.decode_batch`); for an ordinary cohort the float32
+            full-grid images with ``scale=1``, ``offset=0`` and the whole grid as box.
+        """
+        from .packed import RawBatch
+
+        if self._images is None:
+            raise CohortError("this cohort has no images (table-only)")
+        idx = self._positions(indices)
+        if self.packed_store is not None:
+            return self._images.raw_batch(idx)
+        grid = self.grid_shape
+        return RawBatch(self.images(idx), 1.0, 0.0, tuple((0, n) for n in grid), grid)
+
     def subset(self, indices) -> Cohort:
-        """A new cohort holding the given rows (positions), in the given order."""
+        """A new cohort holding the given rows (positions), in the given order (a packed
+        cohort gives a packed subset, held in memory)."""
         idx = self._positions(indices)
         table = self._table.iloc[idx].reset_index(drop=True)
+        if self.packed_store is not None:
+            return Cohort(table, self._images.take(idx), self._affine, _validated=True)
         images = None if self._images is None else self.images(idx)
         return Cohort(table, images, self._affine, _validated=True, check_finite=False)
 
@@ -345,7 +402,9 @@ class Cohort:
             h = hashlib.sha256()
             h.update(self._table.to_csv(index=False, float_format="%.10g").encode())
             h.update(np.ascontiguousarray(self._affine, dtype=np.float64).tobytes())
-            if self._images is not None:
+            if self.packed_store is not None:
+                self._images.update_hash(h)
+            elif self._images is not None:
                 h.update(str((self._images.shape, str(self._images.dtype))).encode())
                 step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
                 for start in range(0, len(self._images), step):
@@ -359,13 +418,18 @@ class Cohort:
 
         Layout: ``table.parquet``, ``images.npy`` (memory-mappable, float32 or the stored
         float dtype) and ``cohort.json`` (format version, grid, affine, dtype, content hash).
+        A packed cohort writes ``packed.npy`` instead of ``images.npy`` and describes it under
+        ``"packed"`` in ``cohort.json`` (format version 2).
         Files are written to temporary names and renamed, so an interrupted save never leaves
         a half-written file under a final name.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         _atomic_write(d / "table.parquet", lambda p: self._table.to_parquet(p, index=False))
-        if self._images is not None:
+        packed = self.packed_store
+        if packed is not None:
+            packed.save(d)
+        elif self._images is not None:
             def write_images(p):
                 arr = np.lib.format.open_memmap(p, mode="w+", dtype=self._images.dtype,
                                                 shape=self._images.shape)
@@ -381,13 +445,16 @@ class Cohort:
             _atomic_write(d / "images.npy", write_images)
         meta = {
             "format": "brainkit-cohort",
-            "format_version": _FORMAT_VERSION,
+            "format_version": _PLAIN_FORMAT_VERSION if packed is None else _FORMAT_VERSION,
             "n_images": len(self),
             "grid_shape": list(self.grid_shape) if self.grid_shape else None,
             "affine": self._affine.tolist(),
             "dtype": None if self._images is None else str(self._images.dtype),
             "content_hash": self.content_hash,
         }
+        if packed is not None:
+            meta["store"] = "packed"
+            meta["packed"] = packed.descriptor()
         _atomic_write(d / "cohort.json",
                       lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
         return d
@@ -413,7 +480,14 @@ class Cohort:
             raise FileNotFoundError(f"{table_path} not found")
         table = validate_table(pd.read_parquet(table_path), source=str(table_path))
         images = None
-        if meta.get("grid_shape") is not None:
+        if meta.get("store") == "packed":
+            from .packed import PackedStore
+
+            if meta.get("grid_shape") is None:
+                raise CohortError(f"{meta_path}: a packed cohort needs 'grid_shape'")
+            images = PackedStore.load(d, meta.get("packed"), n_images=meta["n_images"],
+                                      grid_shape=meta["grid_shape"], mmap=mmap)
+        elif meta.get("grid_shape") is not None:
             img_path = d / "images.npy"
             if not img_path.is_file():
                 raise FileNotFoundError(f"{img_path} not found (the sidecar says the cohort has "

@@ -63,6 +63,14 @@ def _check_cohort(cohort) -> None:
         raise ValueError("cohort has no images (table-only); training and inference need images")
 
 
+def _host_batches(cohort, device):
+    """Batches read on the host (as stored: a packed cohort's uint8 / float16 boxes) and
+    decoded to float32 full-grid volumes (B, 1, X, Y, Z) on ``device``."""
+    from brainkit.data.packed import HostBatches
+
+    return HostBatches(cohort, device, pin_memory=False)
+
+
 def _default_layer(model: nn.Module) -> str:
     from brainkit.models import RegressionModel
 
@@ -83,10 +91,10 @@ def _batched(model: nn.Module, cohort, indices, batch_size: int, device, amp, ch
     was_training = model.training
     model.eval()
     outputs = []
+    source = _host_batches(cohort, device)
     try:
         for start in range(0, len(idx), batch_size):
-            x = torch.from_numpy(cohort.images(idx[start:start + batch_size])).unsqueeze(1)
-            x = x.to(device, non_blocking=True)
+            x = source.load(idx[start:start + batch_size])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -204,9 +212,9 @@ def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size:
     try:
         _check_cohort(cohort)
         idx = resolve_indices(indices, len(cohort))
+        source = _host_batches(cohort, device)
         for start in range(0, len(idx), batch_size):
-            x = torch.from_numpy(cohort.images(idx[start:start + batch_size])).unsqueeze(1)
-            model(x.to(device))
+            model(source.load(idx[start:start + batch_size]))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

@@ -110,6 +110,8 @@ class FitResult:
     epochs_completed : int
     config : dict
         What was written to ``out_dir/config.json`` (model, loss, training, data).
+    data_path : str
+        The data path used, ``"memmap"`` or ``"resident"`` (``fit``'s ``data_path`` resolved).
     """
 
     model: nn.Module
@@ -117,6 +119,7 @@ class FitResult:
     out_dir: Path
     epochs_completed: int
     config: dict = field(default_factory=dict)
+    data_path: str = "memmap"
 
 
 # --------------------------------------------------------------------------- randomness
@@ -462,7 +465,8 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         fused: bool | None = None, sync_batchnorm: bool = False, drop_last: bool = False,
         adapn_final_k: int = 4, adapn_step: int = 0, probe_every: int = 0,
         probe_indices=None, progress: bool = True, model_config: dict | None = None,
-        handle_signals: bool = True, prefetch: bool = True) -> FitResult:
+        handle_signals: bool = True, prefetch: bool = True,
+        data_path: str = "auto") -> FitResult:
     """Train a model on a cohort with the paper's protocol; resumable and distributed.
 
     Parameters
@@ -472,8 +476,10 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         ``(B, D)`` works with a contrastive loss) or, with ``loss="l1"``, a
         :class:`brainkit.models.RegressionModel`. Moved to ``device`` and trained in place.
     cohort : brainkit.data.Cohort
-        Images come from ``cohort.images(batch)`` (float32, (n, X, Y, Z); a channel axis is
-        added); labels are ``cohort.table["age"]``.
+        Labels are ``cohort.table["age"]``. Images are the float32 volumes of
+        ``cohort.images(batch)`` with a channel axis added; they are read as stored
+        (``cohort.raw_batch``: the uint8 / float16 boxes of a packed cohort, see
+        :func:`brainkit.data.packed.pack_cohort`) and decoded and un-cropped on ``device``.
     loss : str or torch.nn.Module
         A name for :func:`brainkit.losses.make_loss` (``"yaware"``, ``"threshold"``, ``"exp"``,
         ``"rnc"``, ``"adapn"``; with ``loss_kwargs``), a loss module ``loss(z, y)``, or
@@ -553,7 +559,15 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         On SIGTERM / SIGINT, finish the current step, write a checkpoint and raise
         :class:`TrainingInterrupted` (installed from the main thread only).
     prefetch : bool, default True
-        Read the next batch's images in a background thread.
+        With the ``"memmap"`` data path, read (and pin) the next batch's images in a
+        background thread while the current step runs.
+    data_path : {"auto", "memmap", "resident"}, default "auto"
+        Where batches come from (:func:`brainkit.data.packed.open_batches`): ``"resident"``
+        copies the cohort's stored images (packed bytes, or float32) to ``device`` once and
+        gathers each batch there; ``"memmap"`` reads each batch on the host and copies it.
+        ``"auto"``: resident on CUDA when the copy takes under half of the free device
+        memory, else memmap; memmap on CPU. Results do not depend on it: both paths give
+        bit-identical batches. ``FitResult.data_path`` says which ran.
 
     Returns
     -------
@@ -600,6 +614,10 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
     lr = _check_float("lr", lr, positive=True)
     weight_decay = _check_float("weight_decay", weight_decay)
     lr_gamma = _check_float("lr_gamma", lr_gamma, positive=True)
+    from brainkit.data.packed import DATA_PATHS
+
+    if data_path not in DATA_PATHS:
+        raise ValueError(f"data_path must be one of {DATA_PATHS}, got {data_path!r}")
     train_idx = resolve_indices(indices, len(cohort), "indices")
     loss_fn, loss_record = _resolve_loss(loss, loss_kwargs)
     regression = loss_fn is None
@@ -645,7 +663,8 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
                     cudnn_benchmark=cudnn_benchmark, fused=fused, sync_batchnorm=sync_batchnorm,
                     drop_last=drop_last, adapn_final_k=adapn_final_k, adapn_step=adapn_step,
                     probe_every=probe_every, progress=progress,
-                    handle_signals=handle_signals, prefetch=prefetch, train_idx=train_idx,
+                    handle_signals=handle_signals, prefetch=prefetch, data_path=data_path,
+                    train_idx=train_idx,
                     loss_fn=loss_fn, loss_record=loss_record, augment=augment,
                     augmentation_name=augmentation_name, probe_idx=probe_idx,
                     model_config=model_config, info=info)
@@ -656,8 +675,8 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
 def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step, lr_gamma,
          n_views, device, seed, resume, compile, amp, channels_last, cudnn_benchmark, fused,
          sync_batchnorm, drop_last, adapn_final_k, adapn_step, probe_every, progress,
-         handle_signals, prefetch, train_idx, loss_fn, loss_record, augment, augmentation_name,
-         probe_idx, model_config, info) -> FitResult:
+         handle_signals, prefetch, data_path, train_idx, loss_fn, loss_record, augment,
+         augmentation_name, probe_idx, model_config, info) -> FitResult:
     """The body of :func:`fit`, after validation and process-group setup."""
     from tqdm.auto import tqdm
 
@@ -769,14 +788,18 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
         }
         atomic_save(state, ckpt_path)
 
-    def load_images(batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(cohort.images(batch)).unsqueeze(1)
-        return x.pin_memory() if cuda else x  # page-locked: the copy to the GPU is async
+    # Batches: gathered on the device (resident) or read on the host, pinned on CUDA so the
+    # copy is asynchronous (memmap); either way decoded and un-cropped on the device.
+    from brainkit.data.packed import open_batches
+
+    source = open_batches(cohort, device, data_path, pin_memory=cuda)
+    load_images = source.fetch
 
     bar = tqdm(total=max(0, (epochs - start_epoch) * steps_per_epoch - start_step),
                disable=not (progress and info.is_main), unit="step", dynamic_ncols=True)
     base.train()
-    executor = ThreadPoolExecutor(max_workers=1) if prefetch else None
+    executor = ThreadPoolExecutor(max_workers=1) \
+        if prefetch and source.mode == "memmap" else None
     try:
         with _SignalGuard(handle_signals) as guard:
             for epoch in range(start_epoch, epochs):
@@ -805,7 +828,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
                     x = pending.result() if pending is not None else load_images(local)
                     pending = executor.submit(load_images, parts[step + 1]) \
                         if executor and step + 1 < len(batches) else None
-                    x = x.to(device, non_blocking=True)
+                    x = source.to_device(x)
                     x = augment_views(x, local, augment, n_views=n_views, seed=seed, epoch=epoch)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -862,4 +885,4 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     if len(metrics):
         metrics["epoch"] = metrics["epoch"].astype("int64")
     return FitResult(model=base, metrics=metrics, out_dir=out_dir,
-                     epochs_completed=len(history), config=config)
+                     epochs_completed=len(history), config=config, data_path=source.mode)
