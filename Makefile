@@ -8,6 +8,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu124 for a CUDA build
+TORCH_INDEX ?=
 BRAINKIT_PROFILE ?= ci
 PYTEST_ARGS ?=
 export BRAINKIT_PROFILE
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	@if $(BIN)/python -c 'import torch' 2>/dev/null; then \
 		echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
 	else \
-		$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; \
+		$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[book,dev]"
 	@touch $@

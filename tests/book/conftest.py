@@ -1,0 +1,50 @@
+"""The book is built once per test session, as `make book` builds it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOK = ROOT / "book"
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    files = [toc["root"]]
+    stack = list(toc.get("chapters", [])) + [c for p in toc.get("parts", []) for c in p["chapters"]]
+    while stack:
+        entry = stack.pop(0)
+        files.append(entry["file"])
+        stack.extend(entry.get("sections", []))
+    return files
+
+
+@pytest.fixture(scope="session")
+def toc_entries() -> list[str]:
+    """Every page of the table of contents, e.g. ``["intro", "chapters/data", ...]``."""
+    return toc_files()
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """Build the book once, as `make book` does, into a temporary folder."""
+    out = tmp_path_factory.mktemp("book")
+    env = {**os.environ, "BRAINKIT_PROFILE": os.environ.get("BRAINKIT_PROFILE", "ci")}
+    jb = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run(
+        [str(jb), "build", str(BOOK), "--path-output", str(out),
+         "--warningiserror", "--nitpick", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=3600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"book build failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n"
+                    f"{proc.stderr[-6000:]}")
+    return out / "_build" / "html"
+
+
