@@ -461,7 +461,8 @@ class Cohort:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, mmap: bool = True) -> Cohort:
-        """Read a cohort written by :meth:`save` (images memory-mapped by default)."""
+        """Read a cohort written by :meth:`save` (images memory-mapped by default; a packed
+        cohort's ``packed.npy`` likewise, see :mod:`brainkit.data.packed`)."""
         d = Path(directory)
         meta_path = d / "cohort.json"
         if not meta_path.is_file():

@@ -124,6 +124,33 @@ def test_float16_is_exact_for_representable_values(tmp_path):
     assert not np.array_equal(got, noisy)
 
 
+@pytest.mark.parametrize("dtype, scale, offset", [(np.uint8, 0.0125, -0.25),
+                                                   (np.uint8, 1 / 255, 0.0),
+                                                   (np.float16, 1.0, 0.0),
+                                                   (np.float32, 1.0, 0.0)])
+def test_decode_batch_against_numpy(dtype, scale, offset):
+    """decode_batch = zeros on the grid, float32(raw) * scale + offset inside the box."""
+    rng = np.random.default_rng(7)
+    box, grid = ((1, 6), (0, 11), (2, 5)), GRID
+    raw = (rng.integers(0, 256, (3, 5, 11, 3)) if dtype == np.uint8
+           else rng.normal(size=(3, 5, 11, 3))).astype(dtype)
+    expected = np.zeros((3, 1, *grid), dtype=np.float32)
+    inside = raw.astype(np.float32)
+    if scale != 1.0:
+        inside = inside * np.float32(scale)
+    if offset != 0.0:
+        inside = inside + np.float32(offset)
+    expected[:, 0, 1:6, 0:11, 2:5] = inside
+    got = decode_batch(torch.from_numpy(raw), scale=scale, offset=offset, box=box,
+                       grid_shape=grid)
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), expected)
+    whole = torch.from_numpy(rng.random((2, *grid), dtype=np.float32))
+    same = decode_batch(whole, scale=1.0, offset=0.0, box=tuple((0, n) for n in grid),
+                        grid_shape=grid)
+    assert same.data_ptr() == whole.data_ptr(), "float32 on the whole grid needs no copy"
+
+
 # --------------------------------------------------------------------------- bounding box
 def naive_box(images: np.ndarray, margin: int):
     coords = np.argwhere((images != 0).any(axis=0))
