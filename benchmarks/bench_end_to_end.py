@@ -419,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'setting':<24} {'volumes/s':>10} {'timed steps':>12} {'peak GiB':>9}")
     for r in report["results"]:
-        label = r["setting"] + (f" ({r['data_path']})" if "data_path" in r else "")
+        label = r["setting"]
+        if "data_path" in r:
+            label += f" ({r['requested']}" + (f": {r['data_path']})" if r["requested"] !=
+                                              r["data_path"] else ")")
         peak = "" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f}"
         print(f"{label:<24} {r['volumes_per_s']:>10.1f} {r['timed_steps']:>12} {peak:>9}")
     ratios = {}
