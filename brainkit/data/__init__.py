@@ -28,6 +28,7 @@ from .cohort import (
 from .check import CheckReport, check_dataset
 from .manifests import ManifestError, list_manifests, load_manifest
 from .nifti import ImageError, import_nifti
+from .packed import PackedStore, pack_cohort
 from .openbhb import load_openbhb, load_openbhb_flat, mask_volume, openbhb_table, unmask
 from .paths import data_root
 from .realdata import fcon1000_table, label_mci_conversion, oasis1_table, oasis2_table, read_table
@@ -39,6 +40,7 @@ __all__ = [
     "COLUMNS",
     "DIAGNOSES",
     "OPTIONAL_COLUMNS",
+    "PackedStore",
     "SPLITS",
     "augmentation",
     "check_dataset",
@@ -66,6 +68,7 @@ __all__ = [
     "make_cohort",
     "make_merged",
     "mask_volume",
+    "pack_cohort",
     "oasis1_table",
     "oasis2_table",
     "official_split",
