@@ -294,7 +294,7 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
                         pretrain_dataset: str = "openbhb", profile: str | Profile | None = None,
                         seed: int = 0, store: ResultsStore | None = None,
                         device: str | None = None, folds: int | None = None,
-                        epochs: int | None = None, lr: float = 1e-4) -> dict:
+                        epochs: int | None = None, lr: float | None = None) -> dict:
     """Table 4 and Fig. 3: fine-tune encoders pretrained on one dataset for HC vs AD.
 
     Each loss's encoder is pretrained on the healthy pool of ``pretrain_dataset`` (the
@@ -318,7 +318,8 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
     store = store if store is not None else default_store()
     dev = device or profile.resolved_device()
     folds = folds or profile.folds
-    epochs = epochs or max(1, profile.epochs // 2)
+    epochs = epochs or profile.finetune_epochs
+    lr = lr or profile.finetune_lr
     split = pretraining_split(cohort, seed=seed)
     if pretrain_dataset not in split.pools:
         raise ValueError(f"the cohort has no {pretrain_dataset!r} healthy controls to pretrain on")

@@ -36,6 +36,8 @@ class Profile:
         Training-set sizes (images) of the scaling sweeps.
     losses : tuple of str
         Losses compared in the book.
+    finetune_epochs, finetune_lr : int, float
+        Downstream fine-tuning (HC vs AD) of a pretrained encoder with a linear head.
     recalibrate_bn : bool
         Recompute batch-norm statistics on the clean training images after training
         (:func:`brainkit.train.recalibrate_batchnorm`). Needed for short high-learning-rate
@@ -64,6 +66,8 @@ class Profile:
     sigma: float = 2.0
     temperature: float = 0.1
     recalibrate_bn: bool = False
+    finetune_epochs: int = 30
+    finetune_lr: float = 1e-4
     device: str = "auto"
 
     def replace(self, **changes) -> Profile:
@@ -89,10 +93,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
-        epochs=25, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
+        epochs=20, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
         recalibrate_bn=True,
-        cohort_sizes={"openbhb": 240, "adni": 80, "icbm": 60, "oasis3": 60},
-        train_sizes=(120, 240),
+        cohort_sizes={"openbhb": 200, "adni": 80, "icbm": 50, "oasis3": 60},
+        train_sizes=(100, 200), finetune_epochs=4,
     ),
     "workstation": Profile(
         name="workstation", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),
@@ -107,6 +111,12 @@ PROFILES: dict[str, Profile] = {
         train_sizes=(500, 1000, 2000, 4000, 8000, 10590),
     ),
 }
+
+
+# A tiny profile for developing the book and the pipeline: everything runs, nothing is learnt.
+PROFILES["smoke"] = PROFILES["ci"].replace(
+    name="smoke", widths=(4, 8, 16, 32), head_dims=(16, 8), epochs=1, finetune_epochs=1,
+    cohort_sizes={"openbhb": 90, "adni": 20, "icbm": 12, "oasis3": 16}, train_sizes=(30, 60))
 
 
 def get_profile(profile: str | Profile | None = None) -> Profile:
