@@ -16,6 +16,7 @@ import pandas as pd
 from ..data.paths import data_root
 
 __all__ = [
+    "manifest_summary",
     "how_to_obtain",
     "oasis1_images",
     "oasis2_volumetrics",
@@ -36,6 +37,20 @@ def _find(name: str, root) -> Path | None:
         return None
     path = base / _FILES[name]
     return path if path.is_file() else None
+
+
+def manifest_summary() -> pd.DataFrame:
+    """One row per shipped dataset manifest: what it is, expected size, where to get it."""
+    from ..data import list_manifests, load_manifest
+
+    rows = []
+    for name in list_manifests():
+        m = load_manifest(name)
+        rows.append({"name": name, "title": m.title, "kind": m.kind,
+                     "subjects": m.expected.get("subjects"), "images": m.expected.get("images"),
+                     "found": _find(name, None) is not None if name in _FILES else None,
+                     "request": m.access.get("request", "")})
+    return pd.DataFrame(rows).set_index("name")
 
 
 def how_to_obtain(name: str) -> str:
