@@ -1,0 +1,166 @@
+"""``brainkit sweep`` and ``brainkit results`` subcommands.
+
+- ``brainkit sweep --grid GRID.yaml --store DIR [--executor local|slurm] [--workers N]
+  [--dry-run]``: train what the store lacks, then run the designs' evaluations
+  (:func:`brainkit.experiments.sweep.run_sweep`); ``--dry-run`` lists the tasks and which are
+  cached. Interrupt it (Ctrl-C, SIGTERM) and run it again to resume.
+- ``brainkit results --store DIR [--table NAME] [--filter KEY=VALUE ...]``: one row per run
+  (:func:`brainkit.experiments.sweep.results_table`), or one stored table across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["register"]
+
+
+def _filters(pairs: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"--filter expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            parsed = value
+        out[key.strip()] = parsed if isinstance(parsed, (str, int, float, bool)) else value
+    return out
+
+
+def _print_table(frame, *, file=None) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.max_columns", None,
+                           "display.width", 250):
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=file)
+
+
+def _used_by(labels) -> str:
+    """``runs[0] scaling exp seed=0`` ... -> ``0:scaling,2:downstream`` (one entry per design)."""
+    names = []
+    for label in labels:
+        index, design = label.split(" ")[:2]
+        name = f"{index[len('runs['):-1]}:{design}"
+        if name not in names:
+            names.append(name)
+    return ",".join(names)
+
+
+def _dry_run(grid, store) -> int:
+    import pandas as pd
+
+    rows = []
+    for t in grid.tasks(store):
+        rows.append({"key": t.key, "task": "train", "loss": t.loss, "n_train": t.n_train,
+                     "seed": t.seed, "status": "cached" if store.exists(t.key) else "missing",
+                     "used_by": _used_by(t.needed_by)})
+    for e in grid.evaluations(store):
+        rows.append({"key": e.key, "task": e.run.design, "loss": e.run.loss, "n_train": None,
+                     "seed": e.run.seed,
+                     "status": "cached" if store.exists(e.key) else "missing",
+                     "used_by": ""})
+    table = pd.DataFrame(rows)
+    table["n_train"] = table["n_train"].astype("Int64")
+    print(f"{grid.source}: {grid.cohort_spec.describe()}, profile {grid.profile.name}")
+    _print_table(table)
+    n_train = int((table["task"] == "train").sum())
+    cached = int((table["status"] == "cached").sum())
+    print(f"dry run: {len(table)} tasks ({n_train} training runs, {len(table) - n_train} "
+          f"evaluations): {cached} cached, {len(table) - cached} to compute")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .store import ResultsStore
+    from .sweep import GridError, SweepError, SweepInterrupted, load_grid, run_sweep
+
+    try:
+        grid = load_grid(args.grid)
+        store = ResultsStore(args.store)
+        if args.dry_run:
+            return _dry_run(grid, store)
+        report = run_sweep(grid, store, executor=args.executor, workers=args.workers,
+                           progress=not args.no_progress, cluster=args.cluster,
+                           device=args.device)
+    except (FileNotFoundError, GridError) as err:
+        print(f"brainkit sweep: {err}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as err:
+        if err.report is not None:
+            print(err.report.summary())
+        print(f"brainkit sweep: {err}", file=sys.stderr)
+        return 128 + err.signal_number
+    except SweepError as err:
+        print(err.report.summary())
+        print(f"brainkit sweep: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def _results(args) -> int:
+    from pathlib import Path
+
+    from .sweep import results_table
+
+    if not (Path(args.store) / "runs").is_dir():
+        print(f"brainkit results: {args.store} is not a results store (no runs/ folder)",
+              file=sys.stderr)
+        return 2
+    try:
+        filters = _filters(args.filter and [p for group in args.filter for p in group])
+        table = results_table(args.store, args.table, **filters)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        print(f"brainkit results: {err}", file=sys.stderr)
+        return 2
+    if table.empty:
+        what = f"table {args.table!r}" if args.table else "runs"
+        print(f"no {what} in {args.store}" + (" matching the filters" if filters else ""))
+        return 0
+    _print_table(table)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``sweep`` and ``results`` to the ``brainkit`` command."""
+    p = subparsers.add_parser(
+        "sweep", help="run a grid of experiments (locally or on SLURM), resumable",
+        description="Train every run a grid file needs that the store lacks, then run each "
+                    "design's evaluation. Interrupt it (Ctrl-C / SIGTERM) and run the same "
+                    "command again to resume: completed runs are kept and a run stopped "
+                    "mid-training continues from its checkpoint.")
+    p.add_argument("--grid", required=True, help="grid file (YAML), e.g. examples/grids/ci.yaml")
+    p.add_argument("--store", required=True, help="results store folder (created if absent)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local processes, or one submitit job per task on SLURM (settings "
+                        "from the grid's slurm: section)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (default 1: in this process)")
+    p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                   help="submitit cluster for --executor slurm (default: detect SLURM; "
+                        "'local' runs the jobs as local processes, for testing)")
+    p.add_argument("--device", default=None, help="device for every task (default: the "
+                                                   "profile's, CUDA when available)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the tasks and which are cached; train nothing (a generated "
+                        "cohort is still saved in the store's cohort cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or task lines")
+    p.set_defaults(func=_sweep)
+
+    r = subparsers.add_parser(
+        "results", help="summarise a results store (one row per run)",
+        description="One row per run: key, kind (train / finetune / design), loss, n_train, "
+                    "seed, seconds, final training loss and the designs' headline metrics; "
+                    "or, with --table, one stored table across runs.")
+    r.add_argument("--store", required=True, help="results store folder")
+    r.add_argument("--table", default=None,
+                   help="print this stored table across runs instead (e.g. metrics)")
+    r.add_argument("--filter", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="keep runs whose configuration has these values, e.g. kind=train "
+                        "loss=exp params.folds=3")
+    r.set_defaults(func=_results)
