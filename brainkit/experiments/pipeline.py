@@ -40,6 +40,8 @@ def loss_kwargs(loss: str, profile: Profile) -> dict:
     """``make_loss`` arguments a profile implies (the paper: sigma 2, tau 0.1; RnC tau 2)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+    if loss == "adapn":  # rbf only, no kernel argument
+        return {"sigma": profile.sigma, "temperature": profile.temperature}
     if loss in _KERNELISED:
         return {"kernel": "rbf", "sigma": profile.sigma, "temperature": profile.temperature}
     if loss == "rnc":
