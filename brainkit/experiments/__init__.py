@@ -41,3 +41,7 @@ __all__ = [
     "get_profile",
     "load_results",
 ]
+
+from .sweep import Grid, GridError, SweepReport, load_grid, results_table, run_sweep  # noqa: E402
+
+__all__ += ["Grid", "GridError", "SweepReport", "load_grid", "results_table", "run_sweep"]

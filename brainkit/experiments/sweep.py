@@ -32,7 +32,8 @@ Designs and their keys (besides ``design``, ``loss`` and ``seed``, which may be 
 - ``single_vs_merge``: ``single_datasets`` (default: every dataset).
 - ``heldout_gaps``: ``correction``.
 - ``downstream``: ``datasets`` (``[adni, oasis3]``), ``pretrain_dataset`` (``openbhb``),
-  ``folds`` (the profile's), ``epochs`` (half the profile's), ``lr`` (``1e-4``).
+  ``folds`` (the profile's), ``epochs`` and ``lr`` (the profile's ``finetune_epochs`` and
+  ``finetune_lr``).
 """
 
 from __future__ import annotations
@@ -366,7 +367,7 @@ def _slurm(value) -> dict:
 
 
 # --------------------------------------------------------------------------- tasks
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrainTask:
     """One training run of a sweep: one :func:`~brainkit.experiments.pipeline.train_encoder` call.
 
@@ -502,8 +503,8 @@ def _resolve(spec: RunSpec, loss: str, seed: int, profile: Profile) -> DesignRun
         p.setdefault("datasets", ["adni", "oasis3"])
         p.setdefault("pretrain_dataset", "openbhb")
         p.setdefault("folds", profile.folds)
-        p.setdefault("epochs", max(1, profile.epochs // 2))
-        p.setdefault("lr", 1e-4)
+        p.setdefault("epochs", profile.finetune_epochs)
+        p.setdefault("lr", profile.finetune_lr)
     label = f"runs[{spec.index}] {spec.design} {loss} seed={seed}"
     return DesignRun(design=spec.design, loss=loss, seed=seed, params=p, label=label)
 

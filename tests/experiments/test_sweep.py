@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -346,3 +347,19 @@ def test_submitit_local_executor_runs_a_grid_end_to_end(tmp_path):
     assert len(logs) == 3, "one submitit job per task"
     with pytest.raises(ValueError, match="workers applies to executor='local'"):
         run_sweep(load_grid(path), store, executor="slurm", workers=2)
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None or shutil.which("srun") is not None,
+                    reason="a SLURM cluster is present: the job would really be submitted")
+def test_slurm_executor_refuses_to_run_without_slurm(tmp_path):
+    path = write_grid(tmp_path, f"""
+        cohort: {{synthetic: {{adni: 20}}, grid_mm: 6, seed: 0}}
+        profile: ci
+        {TINY}
+        runs: [{{design: cross_validate, loss: l1, folds: 2}}]
+        slurm: {{timeout_min: 10}}
+    """)
+    store = ResultsStore(tmp_path / "store")
+    with pytest.raises(RuntimeError, match="found no SLURM"):
+        run_sweep(load_grid(path), store, executor="slurm", progress=False)
+    assert store.keys() == [], "nothing ran"
