@@ -15,6 +15,7 @@ In a chapter::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def setup(renderer: str = RENDERER_NAME, *, profile=None, store=None) -> BookCon
 
     pio.renderers[RENDERER_NAME] = BookRenderer()
     pio.renderers.default = renderer
+    # Progress bars in executed notebooks fall back to text without ipywidgets; say nothing.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     prof = get_profile(profile)
     st = store if isinstance(store, ResultsStore) else default_store(store)
     return BookContext(profile=prof, store=st, device=prof.resolved_device())
