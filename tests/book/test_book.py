@@ -30,3 +30,11 @@ def test_chapters_hold_figures_and_no_errors(built_book, toc_entries):
         assert "Plotly.newPlot" in html, f"{name} has no rendered plotly figure"
         assert "Traceback" not in html and "output_error" not in html, f"{name} shows an error"
         assert "application/vnd.plotly" not in html
+
+
+def test_pages_load_nothing_from_the_network(built_book):
+    """The book reads offline: no script, stylesheet or image from another host."""
+    pattern = re.compile(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="(https?:)?//', re.I)
+    for page in built_book.rglob("*.html"):
+        match = pattern.search(page.read_text())
+        assert match is None, f"{page.relative_to(built_book)} loads {match.group(0)}"
