@@ -975,18 +975,29 @@ class SweepInterrupted(RuntimeError):
 
 
 class _Signals:
-    """Turn the first SIGTERM / SIGINT into :class:`SweepInterrupted` (main thread only).
+    """Note the first SIGTERM / SIGINT; the sweep stops at the next :meth:`check`.
 
-    The previous handlers come back at once, so a second signal acts as usual.
+    Raising from the handler could land inside any library call (a half-closed file turns it
+    into an unrelated ``OSError``), so the handler only records the signal and the sweep
+    checks it between tasks and while it waits for workers. During training in this process,
+    :func:`brainkit.train.fit` has its own handler (checkpoint, then ``TrainingInterrupted``).
+    The previous handlers come back at once, so a second signal acts as usual (Ctrl-C twice
+    stops at once). Installed from the main thread only.
     """
 
     def __init__(self):
         self.enabled = threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
         self._restore()
-        raise SweepInterrupted(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        """Raise :class:`SweepInterrupted` if a signal arrived."""
+        if self.signum is not None:
+            raise SweepInterrupted(self.signum)
 
     def _restore(self):
         for sig, handler in self._previous.items():
@@ -1068,7 +1079,6 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
     start = time.perf_counter()
     cohort = grid.cohort(store)
     cohort_dir = str(grid.cohort_dir(store))
-    _COHORTS.setdefault(cohort_dir, cohort)
     train, evals = grid.tasks(store), grid.evaluations(store)
     report = SweepReport(n_train=len(train), n_eval=len(evals))
     common = {"cohort_dir": cohort_dir, "profile": grid.profile,
@@ -1088,9 +1098,11 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
                 "loss": r.loss, "seed": r.seed, "params": r.params, "config": e.config}
 
     bar = _progress_bar(report.total, progress)
+
     def log(message: str) -> None:
         if bar is not None:
             bar.write(message, file=sys.stderr)
+
     todo_train = []
     for t in train:
         if store.exists(t.key):
@@ -1131,8 +1143,11 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
     dispatch = {"local": _run_local if workers == 1 else _run_pool, "slurm": _run_submitit}
     runner = dispatch[executor]
     options = {"workers": workers, "grid": grid, "store": store, "cluster": cluster}
+    primed = cohort_dir not in _COHORTS  # in-process tasks use the cohort in memory
+    _COHORTS[cohort_dir] = cohort
     try:
-        with _Signals():
+        with _Signals() as signals:
+            options["signals"] = signals
             try:
                 runner([(t, train_payload(t)) for t in todo_train], finished, **options)
                 ready = []
@@ -1147,12 +1162,16 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
                 runner(ready, finished, **options)
             except TrainingInterrupted as err:
                 raise SweepInterrupted(err.signal_number) from err
+            except KeyboardInterrupt:  # a second Ctrl-C
+                raise SweepInterrupted(signal.SIGINT) from None
     except SweepInterrupted as err:
         report.seconds = time.perf_counter() - start
         raise SweepInterrupted(err.signal_number, report) from None
     finally:
         if bar is not None:
             bar.close()
+        if primed:
+            _COHORTS.pop(cohort_dir, None)
     report.seconds = time.perf_counter() - start
     if report.failed:
         raise SweepError(report)
@@ -1167,7 +1186,7 @@ def _record(key, kind, label, status, seconds=None, final_loss=None) -> dict:
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     # The bar shows on a terminal only (disable=None); the task lines are always written.
     return tqdm(total=total, desc="sweep", unit="task", dynamic_ncols=True, file=sys.stderr,
@@ -1183,21 +1202,23 @@ def _tick(bar, report: SweepReport, n: int) -> None:
     bar.update(report.cached if n == 0 else n)
 
 
-def _run_local(items, finished, **_) -> None:
+def _run_local(items, finished, *, signals: _Signals, **_) -> None:
     from ..train import TrainingInterrupted
 
     for task, payload in items:
+        signals.check()
         try:
             result = _execute(payload)
-        except (TrainingInterrupted, SweepInterrupted):
+        except TrainingInterrupted:  # a signal during training: fit wrote a checkpoint
             raise
         except Exception as err:  # one failed task must not stop the others
             finished(task, None, err)
         else:
             finished(task, result, None)
+    signals.check()
 
 
-def _run_pool(items, finished, *, workers: int, **_) -> None:
+def _run_pool(items, finished, *, workers: int, signals: _Signals, **_) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -1215,7 +1236,8 @@ def _run_pool(items, finished, *, workers: int, **_) -> None:
         futures = {pool.submit(_execute, payload): task for task, payload in items}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            signals.check()
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
                 err = future.exception()
                 finished(futures[future], None if err else future.result(), err)
@@ -1232,7 +1254,7 @@ def _run_pool(items, finished, *, workers: int, **_) -> None:
 
 
 def _run_submitit(items, finished, *, grid: Grid, store: ResultsStore, cluster: str | None,
-                  **_) -> None:
+                  signals: _Signals, **_) -> None:
     import submitit
 
     if not items:
@@ -1250,18 +1272,19 @@ def _run_submitit(items, finished, *, grid: Grid, store: ResultsStore, cluster: 
     poll = 0.5 if executor.cluster in ("local", "debug") else 15.0
     try:
         while pending:
+            signals.check()
             for job in [j for j in pending if j.done()]:
                 task = pending.pop(job)
                 try:
                     result = job.result()
-                except SweepInterrupted:
-                    raise
                 except Exception as err:
                     finished(task, None, err)
                 else:
                     finished(task, result, None)
-            if pending:
-                time.sleep(poll)
+            deadline = time.monotonic() + poll
+            while pending and time.monotonic() < deadline:
+                signals.check()
+                time.sleep(0.25)
     except BaseException:
         for job in pending:
             job.cancel(check=False)

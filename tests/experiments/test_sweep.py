@@ -363,3 +363,18 @@ def test_slurm_executor_refuses_to_run_without_slurm(tmp_path):
     with pytest.raises(RuntimeError, match="found no SLURM"):
         run_sweep(load_grid(path), store, executor="slurm", progress=False)
     assert store.keys() == [], "nothing ran"
+
+
+def test_a_signal_stops_the_sweep_at_the_next_check_and_a_second_acts_as_usual():
+    from brainkit.experiments.sweep import SweepInterrupted, _Signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _Signals() as signals:
+        signals.check()  # nothing yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # let the handler run
+        assert signals.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is before, "a second signal acts as usual"
+        with pytest.raises(SweepInterrupted, match="interrupted by SIGTERM"):
+            signals.check()
+    assert signal.getsignal(signal.SIGTERM) is before
