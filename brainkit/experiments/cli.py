@@ -32,6 +32,16 @@ def _filters(pairs: list[str] | None) -> dict:
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _print_table(frame, *, file=None) -> None:
     import pandas as pd
 
@@ -87,9 +97,6 @@ def _sweep(args) -> int:
         report = run_sweep(grid, store, executor=args.executor, workers=args.workers,
                            progress=not args.no_progress, cluster=args.cluster,
                            device=args.device)
-    except (FileNotFoundError, GridError) as err:
-        print(f"brainkit sweep: {err}", file=sys.stderr)
-        return 2
     except SweepInterrupted as err:
         if err.report is not None:
             print(err.report.summary())
@@ -99,6 +106,10 @@ def _sweep(args) -> int:
         print(err.report.summary())
         print(f"brainkit sweep: {err}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, GridError, ValueError, RuntimeError) as err:
+        # A bad grid or argument, or no SLURM for --executor slurm: nothing was trained.
+        print(f"brainkit sweep: {err}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 0
 
@@ -139,7 +150,7 @@ def register(subparsers) -> None:
     p.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local processes, or one submitit job per task on SLURM (settings "
                         "from the grid's slurm: section)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_positive_int, default=1,
                    help="local worker processes (default 1: in this process)")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit cluster for --executor slurm (default: detect SLURM; "
