@@ -242,6 +242,7 @@ def test_tasks_are_the_designs_runs_deduplicated(tmp_path):
 
 
 # --------------------------------------------------------------------------- running
+@pytest.mark.slow  # 10-20 s: two spawned workers import torch, then 11 tasks
 def test_pool_sweep_trains_each_run_once_and_designs_need_nothing_else(tmp_path, capsys):
     """Every design, two worker processes; the evaluations must find every run they load."""
     path = write_grid(tmp_path, f"""
