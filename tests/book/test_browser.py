@@ -58,8 +58,12 @@ def test_plotly_figures_render_in_a_browser(browser, served_book, chapter, tmp_p
     n_svg = len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"))
     assert n_divs >= 1 and n_svg >= n_divs, f"{n_svg} rendered SVGs for {n_divs} figures"
     assert browser.execute_script("return typeof Plotly") == "object"
-    errors = [entry for entry in browser.get_log("browser")
-              if entry["level"] == "SEVERE" and "favicon" not in entry["message"]]
+    # Not ours: the theme logs a console error when no light/dark preference is stored yet,
+    # and jupyter-book 1.x emits sphinx-thebe's inline config twice (the second `const
+    # THEBE_JS_URL` is a SyntaxError that only disables thebe, which the book does not use).
+    benign = ("favicon", "invalid theme mode", "THEBE_JS_URL")
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"
+              and not any(text in entry["message"] for text in benign)]
     assert not errors, errors
     shot = tmp_path_factory.mktemp("screens") / f"{chapter.replace('/', '_')}.png"
     browser.save_screenshot(str(shot))
