@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .._util import atomic_path
 
 __all__ = [
     "COLUMNS",
@@ -506,18 +507,9 @@ class Cohort:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Call ``write(tmp_path)`` on a temporary file, then move it onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def concat(cohorts: Sequence[Cohort]) -> Cohort:

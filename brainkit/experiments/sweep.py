@@ -46,7 +46,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._util import SignalFlag
 from .pipeline import LOSSES, train_config
 from .profiles import PROFILES, Profile, get_profile
 from .store import ResultsStore, RunOutput, config_key
@@ -974,45 +974,22 @@ class SweepInterrupted(RuntimeError):
                          "same sweep again to continue")
 
 
-class _Signals:
+class _Signals(SignalFlag):
     """Note the first SIGTERM / SIGINT; the sweep stops at the next :meth:`check`.
 
-    Raising from the handler could land inside any library call (a half-closed file turns it
-    into an unrelated ``OSError``), so the handler only records the signal and the sweep
-    checks it between tasks and while it waits for workers. During training in this process,
-    :func:`brainkit.train.fit` has its own handler (checkpoint, then ``TrainingInterrupted``).
-    The previous handlers come back at once, so a second signal acts as usual (Ctrl-C twice
-    stops at once). Installed from the main thread only.
+    The handler only records the signal; the sweep checks it between tasks and while it waits
+    for workers. During training in this process, :func:`brainkit.train.fit` has its own
+    handler (checkpoint, then ``TrainingInterrupted``). The previous handlers come back at
+    once, so a second signal acts as usual (Ctrl-C twice stops at once). Main thread only.
     """
 
     def __init__(self):
-        self.enabled = threading.current_thread() is threading.main_thread()
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        self._restore()
-        self.signum = signum
+        super().__init__(restore_on_first=True)
 
     def check(self) -> None:
         """Raise :class:`SweepInterrupted` if a signal arrived."""
         if self.signum is not None:
             raise SweepInterrupted(self.signum)
-
-    def _restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def __enter__(self):
-        if self.enabled:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
 
 
 def _cores() -> int:

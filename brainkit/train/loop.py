@@ -22,7 +22,6 @@ import json
 import math
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import SignalFlag
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, rng_state, \
     set_rng_state
 from .distributed import DistInfo, gather_views, setup_distributed, shard, shard_sizes, \
@@ -268,41 +268,6 @@ def batch_loss(module: nn.Module, loss_fn: Callable | None, x: torch.Tensor, y: 
 
 
 # --------------------------------------------------------------------------- helpers
-class _SignalGuard:
-    """Turn the first SIGTERM / SIGINT into a flag checked between steps.
-
-    A second signal of either kind restores the previous handlers and raises
-    ``KeyboardInterrupt`` at once. Handlers can only be installed from the main thread;
-    elsewhere (or with ``enabled=False``) nothing is installed.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            self._restore()
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}")
-        self.signum = signum
-
-    def _restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def __enter__(self):
-        if self.enabled:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
-
-
 def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any (one tiny all-reduce per call)."""
     if not info.distributed:
@@ -801,7 +766,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     executor = ThreadPoolExecutor(max_workers=1) \
         if prefetch and source.mode == "memmap" else None
     try:
-        with _SignalGuard(handle_signals) as guard:
+        with SignalFlag(handle_signals) as guard:
             for epoch in range(start_epoch, epochs):
                 neighbourhood = adapn(epoch) if adapn is not None else None
                 batches = epoch_batches(train_idx, batch_size=batch_size, seed=seed,
