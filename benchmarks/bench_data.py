@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,7 @@ import torch
 
 from brainkit.data import Cohort, make_cohort, make_merged
 from brainkit.data.packed import HostBatches, ResidentBatches, pack_cohort
+from brainkit.experiments.speed import report_header, time_loader
 
 
 def _evict(paths) -> None:
@@ -62,37 +62,12 @@ def _evict(paths) -> None:
             os.close(fd)
 
 
-def _batches(n: int, batch: int, epoch: int) -> list[np.ndarray]:
-    order = np.random.default_rng(epoch).permutation(n)
-    return [order[s:s + batch] for s in range(0, n - batch + 1, batch)]
-
-
 def _time(load, n: int, batch: int, epochs: int, files, cold: bool,
           prefetch: bool = False) -> tuple[float, float]:
-    """Volumes per second of ``load(indices)`` in ``epochs`` shuffled passes: the median pass
-    and the best pass (on a shared machine the best is the least disturbed)."""
-    rates = []
-    for epoch in range(epochs):
-        volumes = 0
-        if cold:
-            _evict(files)
-        batches = _batches(n, batch, epoch)
-        start = time.perf_counter()
-        if prefetch:
-            fetch, to_device = load
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pending = pool.submit(fetch, batches[0])
-                for i in range(len(batches)):
-                    fetched = pending.result()
-                    if i + 1 < len(batches):
-                        pending = pool.submit(fetch, batches[i + 1])
-                    x = to_device(fetched)
-                    volumes += x.shape[0]
-        else:
-            for b in batches:
-                volumes += load(b).shape[0]
-        rates.append(volumes / (time.perf_counter() - start))
-    return float(np.median(rates)), float(np.max(rates))
+    """Median and best volumes/s over ``epochs`` passes; ``cold`` passes first evict
+    ``files`` from the page cache."""
+    return time_loader(load, n, batch, epochs=epochs, prefetch=prefetch,
+                       before_epoch=(lambda: _evict(files)) if cold else None)
 
 
 def loaders(args, root: Path) -> dict:
@@ -178,7 +153,7 @@ def ci_profile(args, root: Path) -> dict:
     pack_s = time.perf_counter() - t
     print(f"ci profile: {cohort}; generated in {generate_s:.1f} s, packed in {pack_s:.2f} s",
           flush=True)
-    out = {"n_images": len(cohort), "generate_s": generate_s, "pack_s": pack_s, "epoch": []}
+    out = {"n_images": len(cohort), "grid_mm": p.grid_mm, "generate_s": generate_s, "pack_s": pack_s, "epoch": []}
     for name, c in (("float32 in memory", cohort), ("uint8 packed", packed)):
         torch.manual_seed(0)
         model = build_model("contrastive", depth=p.depth, widths=p.widths,
@@ -196,6 +171,26 @@ def ci_profile(args, root: Path) -> dict:
         print(f"ci epoch ({name}, {result.data_path}): {row['seconds']:.1f} s "
               f"({row['volumes_per_s']:.1f} volumes/s; {wall:.1f} s with setup and "
               "checkpoint)", flush=True)
+    return out
+
+
+def figures(report: dict, args) -> list[dict]:
+    """The flat figure list of the report (see brainkit.experiments.speed)."""
+    grid = "x".join(map(str, report["loaders"]["grid"]))
+    out = []
+    for row in report["loaders"]["loaders"]:
+        out.append({"figure": f"loader, {row['loader']} ({args.grid_mm:g} mm {grid}, batch "
+                              f"{args.batch_size}, warm, median pass)",
+                    "value": row["warm_volumes_per_s_median"], "unit": "volumes/s"})
+    ci = report.get("ci")
+    if ci:
+        out.append({"figure": f"ci profile: generate the synthetic cohort ({ci['n_images']} "
+                              "images, 6 mm)", "value": ci["generate_s"], "unit": "s"})
+        out.append({"figure": "ci profile: pack it (uint8)", "value": ci["pack_s"], "unit": "s"})
+        for row in ci["epoch"]:
+            out.append({"figure": f"ci profile: one training epoch, {row['cohort']} "
+                                  f"({row['data_path']})", "value": row["epoch_s"],
+                        "unit": "s"})
     return out
 
 
@@ -224,12 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     args.unique = min(args.unique, args.n_images)
     print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__} with "
           f"{torch.get_num_threads()} thread(s)", flush=True)
-    report = {"settings": vars(args), "cores": os.cpu_count(), "torch": torch.__version__}
+    report = {"benchmark": "bench_data",
+              **report_header(None if argv is None else [__file__, *argv]),
+              "settings": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         report["loaders"] = loaders(args, root)
         if not args.skip_ci:
             report["ci"] = ci_profile(args, root)
+    report["figures"] = figures(report, args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0

@@ -63,6 +63,7 @@ import torch
 
 from brainkit.data import Cohort, augmentation, make_cohort
 from brainkit.data.packed import pack_cohort
+from brainkit.experiments.speed import report_header
 from brainkit.losses import make_loss
 from brainkit.models import build_model
 from brainkit.train import batch_loss, fit
@@ -296,6 +297,29 @@ def _write_json(path: str | None, report: dict) -> None:
     os.replace(tmp, path)
 
 
+def _label(result: dict) -> str:
+    label = result["setting"]
+    if "data_path" in result:
+        label += f" ({result['requested']}" + (
+            f": {result['data_path']})" if result["requested"] != result["data_path"] else ")")
+    return label
+
+
+def figures(report: dict, args) -> list[dict]:
+    """The flat figure list of the report (see brainkit.experiments.speed)."""
+    grid = "x".join(map(str, report["data"]["grid"])) if "data" in report else "?"
+    setting = (f"{args.grid_mm:g} mm {grid}, ResNet-{args.depth} widths "
+               f"{','.join(map(str, args.widths))}, batch {args.batch_size} x {args.views} views")
+    out = [{"figure": f"end to end, {_label(r)} ({setting})", "value": r["volumes_per_s"],
+            "unit": "volumes/s"} for r in report["results"]]
+    names = {"brainkit_over_plain": "brainkit / plain loop (target >= 1.4 on a GPU)",
+             "brainkit_over_step_only": "brainkit / step only (target >= 0.9 on a GPU)",
+             "plain_over_step_only": "plain loop / step only"}
+    out += [{"figure": f"end to end, {names[k]}", "value": v, "unit": "ratio"}
+            for k, v in report.get("ratios", {}).items()]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -376,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} thread(s)"
-    report = {"device": name, "torch": torch.__version__, "cores": os.cpu_count(),
+    report = {"benchmark": "bench_end_to_end",
+              **report_header(None if argv is None else [__file__, *argv]),
+              "device": name, "device_type": device.type,
               "settings": {k: v for k, v in vars(args).items() if k != "json"},
-              "results": [], "errors": [], "complete": False}
+              "results": [], "errors": [], "complete": False, "figures": []}
     log(f"device: {name}; torch {torch.__version__}; {os.cpu_count()} cores")
     log(f"ResNet-{args.depth} widths {args.widths}, head {args.head_dims}; {args.grid_mm} mm; "
         f"batch {args.batch_size} x {args.views} views; augmentation {args.augmentation!r}; "
@@ -402,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if out is not None and "volumes_per_s" in out:
             report["results"].append(out)
             log(f"{label}: {out['volumes_per_s']:.1f} volumes/s")
+        report["figures"] = figures(report, args)
         _write_json(args.json, report)
         return out
 
@@ -410,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         data = phase("data", make_data, args, root)
         if data is None:
             return 1
-        report["data"] = {"timings": data["timings"], "packed": data["packed"]}
+        report["data"] = {"grid": list(data["grid"]), "timings": data["timings"],
+                          "packed": data["packed"]}
         plain = phase("plain", measure_plain, args, data, device, deadline)
         fits = [phase(f"brainkit ({p})", measure_brainkit, args, data, device, root, p)
                 for p in paths]
@@ -419,10 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'setting':<24} {'volumes/s':>10} {'timed steps':>12} {'peak GiB':>9}")
     for r in report["results"]:
-        label = r["setting"]
-        if "data_path" in r:
-            label += f" ({r['requested']}" + (f": {r['data_path']})" if r["requested"] !=
-                                              r["data_path"] else ")")
+        label = _label(r)
         peak = "" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f}"
         print(f"{label:<24} {r['volumes_per_s']:>10.1f} {r['timed_steps']:>12} {peak:>9}")
     ratios = {}
@@ -437,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if plain and step:
         ratios["plain_over_step_only"] = plain["volumes_per_s"] / step["volumes_per_s"]
     report["ratios"] = ratios
+    report["figures"] = figures(report, args)
     report["complete"] = not report["errors"]
     report["elapsed_s"] = time.monotonic() - T0
     _write_json(args.json, report)

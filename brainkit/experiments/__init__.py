@@ -12,7 +12,7 @@ from .designs import (
 )
 from .pipeline import LOSSES, cross_validate, train_encoder
 from .profiles import PROFILES, Profile, get_profile
-from .speed import step_throughput
+from .speed import benchmark_reports, loader_throughput, machine, step_throughput
 from .store import ResultsStore, Run, RunOutput, config_key, default_store, load_results
 
 __all__ = [
@@ -28,6 +28,9 @@ __all__ = [
     "scaling_sweep",
     "single_vs_merge",
     "step_throughput",
+    "benchmark_reports",
+    "loader_throughput",
+    "machine",
     "summaries",
     "toy",
     "train_encoder",

@@ -10,6 +10,7 @@ from .calibration import reliability_diagram
 from .losses import kernels, toy_embeddings
 from .data import age_histogram, category_colors, example_slices, site_ages
 from .scaling import mae_vs_accuracy, scaling_curves, site_bacc_curves
+from .speed import throughput_bars
 from .theme import (
     GROUP_COLORS,
     LOSS_COLORS,
@@ -43,4 +44,5 @@ __all__ = [
     "roc_curves",
     "bag_trajectories",
     "reliability_diagram",
+    "throughput_bars",
 ]

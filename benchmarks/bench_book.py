@@ -1,0 +1,113 @@
+"""The full book build, timed: from an empty results store, and again with the store warm.
+
+Runs ``jupyter-book build book`` exactly as ``make book`` does (``--warningiserror --nitpick
+--keep-going``), but into a temporary output folder with a temporary, empty results store
+(``BRAINKIT_STORE``), so nothing the checkout already holds is reused or changed. The first
+build trains every run the chapters need; the second (``--warm``) finds them all in the store
+and only re-executes the chapters. Prints the wall time of each build and each chapter's
+execution time (myst-nb's own figure), and with ``--json`` writes them as a benchmark report
+(see :func:`brainkit.experiments.speed.benchmark_reports`).
+
+Examples
+--------
+::
+
+    python benchmarks/bench_book.py --json benchmarks/results/book-ci-cpu.json   # ci, ~10 min
+    BRAINKIT_PROFILE=smoke python benchmarks/bench_book.py --no-warm              # ~5 min
+
+The profile is ``BRAINKIT_PROFILE`` (default ``ci``). On a shared machine the figures grow
+with the load: the build runs torch on every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from brainkit.experiments.speed import report_header
+
+ROOT = Path(__file__).resolve().parents[1]
+# myst-nb logs "<source>: Executed notebook in 12.34 seconds" for each executed chapter.
+EXECUTED = re.compile(r"(\S+?)(?:\.md|\.ipynb)?:\s+Executed notebook in ([0-9.]+) seconds")
+
+
+def jupyter_book() -> str:
+    """The jupyter-book executable beside this Python, else the one on PATH."""
+    here = Path(sys.executable).with_name("jupyter-book")
+    found = str(here) if here.exists() else shutil.which("jupyter-book")
+    if not found:
+        raise SystemExit("jupyter-book is not installed (pip install -e '.[book]')")
+    return found
+
+
+def build(out: Path, store: Path, log: Path) -> dict:
+    """One build; returns its wall time, exit code and per-chapter execution times."""
+    env = {**os.environ, "BRAINKIT_STORE": str(store)}
+    cmd = [jupyter_book(), "build", str(ROOT / "book"), "--path-output", str(out),
+           "--warningiserror", "--nitpick", "--keep-going"]
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - start
+    chapters = {}
+    for source, seconds in EXECUTED.findall(log.read_text(errors="replace")):
+        chapters[Path(source).stem] = float(seconds)
+    return {"wall_s": wall, "returncode": rc, "chapters": chapters, "log": str(log)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-warm", dest="warm", action="store_false",
+                        help="skip the second build (with the store warm)")
+    parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--keep", default=None,
+                        help="keep the builds, store and logs in this folder (default: a "
+                             "temporary folder, removed)")
+    args = parser.parse_args(argv)
+    profile = os.environ.get("BRAINKIT_PROFILE", "ci")
+    report = {"benchmark": "bench_book",
+              **report_header(None if argv is None else [__file__, *argv]),
+              "profile": profile, "builds": {}, "figures": []}
+    print(f"book build, profile {profile}; {report['machine']['cores']} cores, torch "
+          f"{report['machine']['torch']}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        store = root / "store"
+        kinds = ("empty store", "warm store") if args.warm else ("empty store",)
+        for i, kind in enumerate(kinds):
+            print(f"build {i + 1}/{len(kinds)} ({kind}) ...", flush=True)
+            result = build(root / f"build-{i}", store, root / f"build-{i}.log")
+            report["builds"][kind] = result
+            status = "ok" if result["returncode"] == 0 else \
+                f"FAILED (exit {result['returncode']}; log {result['log']})"
+            print(f"  {result['wall_s']:.0f} s, {status}", flush=True)
+            for chapter, seconds in result["chapters"].items():
+                print(f"    {chapter:<16} {seconds:7.1f} s", flush=True)
+            if result["returncode"] != 0:
+                if not args.keep:
+                    print((root / f"build-{i}.log").read_text(errors="replace")[-4000:])
+                break
+    for kind, result in report["builds"].items():
+        report["figures"].append({"figure": f"book build, {profile} profile, {kind}",
+                                  "value": result["wall_s"], "unit": "s"})
+        for chapter, seconds in result["chapters"].items():
+            report["figures"].append({"figure": f"book build, {profile} profile, {kind}: "
+                                                f"chapter {chapter}",
+                                      "value": seconds, "unit": "s"})
+    ok = all(r["returncode"] == 0 for r in report["builds"].values())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
