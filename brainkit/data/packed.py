@@ -917,6 +917,8 @@ def open_batches(cohort, device: str | torch.device = "cpu", data_path: str = "a
     if cuda and data_path != "memmap":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available")
+        if device.index is None:  # torch < 2.5: mem_get_info refuses an index-less device
+            device = torch.device("cuda", torch.cuda.current_device())
         free, _ = torch.cuda.mem_get_info(device)
         need = resident_nbytes(cohort)
         if data_path == "auto":

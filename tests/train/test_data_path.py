@@ -142,3 +142,47 @@ def test_cuda_paths_agree_and_auto_is_resident(packed):
     a, b = host.load(idx), auto.load(idx)
     assert a.device.type == "cuda" and torch.equal(a, b)
     assert torch.equal(a.cpu(), HostBatches(cohort, "cpu").load(idx))
+
+
+def test_auto_decides_on_the_free_memory_of_an_indexed_cuda_device(packed, monkeypatch):
+    """The CUDA branch of open_batches, without a GPU: torch < 2.5's mem_get_info refuses
+    torch.device("cuda") (no index), so the index must be resolved first; "auto" goes resident
+    below memory_fraction of the free memory, and an explicit "resident" that cannot fit is
+    refused."""
+    import brainkit.data.packed as packed_module
+
+    cohort = packed["uint8"]
+    need = resident_nbytes(cohort)
+    asked = []
+    free = {"bytes": 0}
+
+    def mem_get_info(device=None):  # torch 2.4: _get_device_index(device) with optional=False
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, "
+                             f"but got:{device}")
+        asked.append(device)
+        return free["bytes"], 2 * free["bytes"]
+
+    class Stub:
+        def __init__(self, mode, cohort, device, **kwargs):
+            self.mode, self.device = mode, torch.device(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(packed_module, "ResidentBatches",
+                        lambda c, d, **k: Stub("resident", c, d, **k))
+    monkeypatch.setattr(packed_module, "HostBatches", lambda c, d, **k: Stub("memmap", c, d, **k))
+
+    free["bytes"] = 2 * need + 2  # need < 0.5 * free
+    source = open_batches(cohort, "cuda")
+    assert source.mode == "resident" and source.device == torch.device("cuda", 3)
+    assert asked == [torch.device("cuda", 3)]
+    free["bytes"] = 2 * need  # exactly half: not below it
+    assert open_batches(cohort, torch.device("cuda")).mode == "memmap"
+    assert open_batches(cohort, "cuda:1", memory_fraction=1.0).mode == "resident"
+    assert asked[-1] == torch.device("cuda", 1)
+    free["bytes"] = need
+    with pytest.raises(ValueError, match="data_path='resident' needs"):
+        open_batches(cohort, "cuda", "resident")
+    assert open_batches(cohort, "cuda", "memmap").mode == "memmap"
