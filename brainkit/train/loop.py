@@ -676,8 +676,9 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
         if not resume:
             raise FileExistsError(f"{ckpt_path} exists; pass resume=True (CLI: --resume) to "
                                   "continue that run, or choose another out_dir")
-        if info.is_main:
-            _check_resume_config(out_dir, read_run_config(out_dir), config)
+        # On every rank: a rank that skipped it would wait in DDP's set-up for a rank 0 that
+        # refused to resume (until the collective timeout).
+        _check_resume_config(out_dir, read_run_config(out_dir), config)
         checkpoint = load_checkpoint(ckpt_path)
         if checkpoint.get("format") != _CHECKPOINT_FORMAT or "optimizer" not in checkpoint:
             raise ValueError(f"{ckpt_path} is not a training checkpoint of this brainkit "

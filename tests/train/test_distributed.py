@@ -167,3 +167,33 @@ def test_setup_distributed_single_process(monkeypatch):
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ValueError, match="RANK=5"):
         setup_distributed("cpu")
+
+
+def _as_rank(monkeypatch, rank: int, world_size: int) -> None:
+    """Make fit believe it runs as ``rank`` of ``world_size`` (no process group: a rank that
+    gets as far as a collective fails there, instead of waiting for the others)."""
+    import brainkit.train.loop as loop
+    from brainkit.train.distributed import DistInfo
+
+    monkeypatch.setattr(loop, "setup_distributed",
+                        lambda device: (DistInfo(rank, world_size, rank), torch.device(device)))
+    monkeypatch.setattr(loop, "teardown_distributed", lambda info: None)
+
+
+def _tiny_fit(cohort, out_dir, **kwargs):
+    torch.manual_seed(0)
+    model = build_model("contrastive", widths=WIDTHS, head_dims=(16, 8), norm="instance")
+    kwargs = {"indices": np.arange(8), "epochs": 1, "batch_size": 4, "lr": 1e-3,
+              "augmentation": "crop", **kwargs}
+    return fit(model, cohort, "yaware", loss_kwargs={"sigma": 5.0}, out_dir=out_dir,
+               progress=False, handle_signals=False, **kwargs)
+
+
+def test_every_rank_refuses_a_resume_with_other_settings(synthetic_cohort, tmp_path,
+                                                          monkeypatch):
+    """Rank 0 alone checked config.json: on a mismatch it raised while the other ranks went
+    on into DistributedDataParallel's set-up and waited there for it."""
+    _tiny_fit(synthetic_cohort, tmp_path / "run")
+    _as_rank(monkeypatch, rank=1, world_size=2)
+    with pytest.raises(ValueError, match=r"(?s)cannot resume .*training\.lr"):
+        _tiny_fit(synthetic_cohort, tmp_path / "run", epochs=2, lr=2e-3, resume=True)
