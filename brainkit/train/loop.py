@@ -647,6 +647,13 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
 
     regression = loss_fn is None
     ckpt_path = out_dir / CHECKPOINT_NAME
+    smallest = min(len(b) for b in epoch_batches(train_idx, batch_size=batch_size, seed=seed,
+                                                 epoch=0, drop_last=drop_last))
+    if smallest < info.world_size:  # a rank with no image of a batch cannot take its step
+        raise ValueError(f"every batch needs at least one image per process: with "
+                         f"{len(train_idx)} training images and batch_size={batch_size} a "
+                         f"batch holds {smallest} image(s) for {info.world_size} processes; "
+                         "use drop_last=True or another batch_size")
 
     cuda = device.type == "cuda"
     amp = cuda if amp is None else bool(amp)

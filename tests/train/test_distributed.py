@@ -197,3 +197,24 @@ def test_every_rank_refuses_a_resume_with_other_settings(synthetic_cohort, tmp_p
     _as_rank(monkeypatch, rank=1, world_size=2)
     with pytest.raises(ValueError, match=r"(?s)cannot resume .*training\.lr"):
         _tiny_fit(synthetic_cohort, tmp_path / "run", epochs=2, lr=2e-3, resume=True)
+
+
+def test_fit_refuses_batches_with_fewer_images_than_processes(synthetic_cohort, tmp_path,
+                                                               monkeypatch):
+    """10 images in batches of 4 leave a last batch of 2: with 4 processes, ranks 2 and 3
+    would get no image and fail in augment_views (an empty shard) while ranks 0 and 1 waited
+    for them in the all-gather. Refused up front, on every rank, before anything is written."""
+    from brainkit.train.distributed import shard
+
+    assert len(shard(np.arange(2), 3, 4)) == 0
+    with pytest.raises(IndexError):  # what the empty shard met
+        augment_views(torch.zeros(0, 1, 8, 8, 8), np.arange(0), augmentation("crop"),
+                      n_views=2, seed=0, epoch=0)
+    for rank in (0, 3):
+        _as_rank(monkeypatch, rank=rank, world_size=4)
+        with pytest.raises(ValueError, match="at least one image per process"):
+            _tiny_fit(synthetic_cohort, tmp_path / f"run{rank}", indices=np.arange(10))
+        assert not (tmp_path / f"run{rank}").exists()
+    _as_rank(monkeypatch, rank=1, world_size=2)  # batches of 4, 4, 2: two processes are fine
+    with pytest.raises((RuntimeError, ValueError), match="process group"):  # reached DDP
+        _tiny_fit(synthetic_cohort, tmp_path / "two", indices=np.arange(10))
