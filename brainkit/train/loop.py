@@ -414,6 +414,34 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
                          + "\n  ".join(problems))
 
 
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this run's kernel and layouts.
+
+    ``load_state_dict`` takes ``fused`` / ``foreach`` from the saved groups and keeps the
+    saved moments' memory layout. A GPU checkpoint (fused, channels-last) resumed on the CPU
+    would then run the fused kernel on moments laid out unlike the parameters (silently
+    wrong updates on the CPU; a layout error on CUDA), and a CPU checkpoint resumed on a GPU
+    would not be fused. So the current flags are restored, ``step`` is put where the current
+    kernel keeps it, and every moment takes its parameter's layout (values unchanged).
+    """
+    flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g}
+             for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, saved in zip(optimizer.param_groups, flags):
+        group.update(saved)
+        on_device = bool(group.get("fused")) or bool(group.get("capturable"))
+        for p in group["params"]:
+            for key, value in list(optimizer.state.get(p, {}).items()):
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key == "step":
+                    optimizer.state[p][key] = value.to(p.device, torch.float32) if on_device \
+                        else value.cpu()
+                elif value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype) \
+                        .copy_(value)
+
+
 def _indices_digest(indices: np.ndarray) -> str:
     import hashlib
 
@@ -712,7 +740,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
     if checkpoint is not None:
         base.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        _load_optimizer_state(optimizer, checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         set_rng_state(checkpoint["rng"])
         start_epoch, start_step = int(checkpoint["epoch"]), int(checkpoint["step"])

@@ -118,3 +118,66 @@ def test_batch_loss_single_process_matches_direct_computation():
 
     with pytest.raises(ValueError, match="rows"):
         batch_loss(nn.Flatten(), None, x, y1[:4], n_views=1)
+
+
+def _conv_model(memory_format):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 2, 5, 5, 5))
+    return model.to(memory_format=memory_format)
+
+
+def _adam_step(model, fused, state=None, load=None):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
+    if state is not None:
+        load(opt, state)
+    for i, p in enumerate(model.parameters()):
+        g = torch.Generator().manual_seed(i)
+        p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=g))  # p's layout
+    opt.step()
+    return opt
+
+
+def test_resume_keeps_this_runs_adam_kernel_and_layouts():
+    """A checkpoint of a CUDA run (fused Adam, channels_last_3d moments) resumed on the CPU
+    (plain layout, foreach Adam): optimizer.load_state_dict alone brings back fused=True and
+    the channels-last moments, and the fused kernel then updates the wrong elements (on CUDA
+    it raises a layout error instead). _load_optimizer_state keeps the current kernel and
+    gives each moment its parameter's layout, so the step equals a clean contiguous resume."""
+    import copy
+    from io import BytesIO
+
+    from brainkit.train.loop import _load_optimizer_state
+
+    gpu_like = _conv_model(torch.channels_last_3d)
+    saved = _adam_step(gpu_like, fused=True).state_dict()
+    buffer = BytesIO()
+    torch.save(saved, buffer)  # as the checkpoint does: strides are kept
+    saved = torch.load(BytesIO(buffer.getvalue()), weights_only=True)
+    conv = next(iter(saved["state"].values()))["exp_avg"]
+    assert conv.dim() == 5 and not conv.is_contiguous(), "the test needs channels-last moments"
+
+    def clean(opt, state):  # the reference: the same values, contiguous, non-fused
+        opt.load_state_dict({"param_groups": [dict(g, fused=None) for g in
+                                              state["param_groups"]],
+                             "state": {k: {n: v.contiguous() for n, v in s.items()}
+                                       for k, s in state["state"].items()}})
+
+    weights = {k: v.contiguous() for k, v in gpu_like.state_dict().items()}
+    runs = {}
+    for name, load in [("reference", clean), ("fixed", _load_optimizer_state),
+                       ("plain load_state_dict", lambda o, s: o.load_state_dict(s))]:
+        model = _conv_model(torch.contiguous_format)
+        model.load_state_dict(weights)
+        opt = _adam_step(model, fused=False, state=copy.deepcopy(saved), load=load)
+        runs[name] = (opt, [p.detach().clone() for p in model.parameters()])
+    opt, fixed = runs["fixed"]
+    assert not opt.param_groups[0]["fused"]
+    for p in opt.param_groups[0]["params"]:
+        assert all(v.stride() == p.stride() for k, v in opt.state[p].items() if k != "step")
+    for got, want in zip(fixed, runs["reference"][1]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    # what the plain load did: the fused kernel on mismatched layouts (torch >= 2.4 on CPU)
+    plain_opt, plain = runs["plain load_state_dict"]
+    assert plain_opt.param_groups[0]["fused"]
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(plain, runs["reference"][1]))
