@@ -769,8 +769,6 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     steps_per_epoch = len(epoch_batches(train_idx, batch_size=batch_size, seed=seed, epoch=0,
                                         drop_last=drop_last))
     previous_benchmark = torch.backends.cudnn.benchmark
-    if cuda:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
 
     def save(epoch: int, step: int) -> None:
         if not info.is_main:
@@ -802,6 +800,8 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     executor = ThreadPoolExecutor(max_workers=1) \
         if prefetch and source.mode == "memmap" else None
     try:
+        if cuda:  # set inside the try that restores it (open_batches above may raise)
+            torch.backends.cudnn.benchmark = cudnn_benchmark
         with SignalFlag(handle_signals) as guard:
             for epoch in range(start_epoch, epochs):
                 neighbourhood = adapn(epoch) if adapn is not None else None
