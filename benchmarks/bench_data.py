@@ -177,20 +177,21 @@ def ci_profile(args, root: Path) -> dict:
 def figures(report: dict, args) -> list[dict]:
     """The flat figure list of the report (see brainkit.experiments.speed)."""
     grid = "x".join(map(str, report["loaders"]["grid"]))
-    out = []
-    for row in report["loaders"]["loaders"]:
-        out.append({"figure": f"loader, {row['loader']} ({args.grid_mm:g} mm {grid}, batch "
-                              f"{args.batch_size}, warm, median pass)",
-                    "value": row["warm_volumes_per_s_median"], "unit": "volumes/s"})
+    setting = (f"{args.grid_mm:g} mm {grid}, batch {args.batch_size}, page cache warm, "
+               "median pass")
+    out = [{"figure": f"loader: {row['loader']}", "value": row["warm_volumes_per_s_median"],
+            "unit": "volumes/s", "setting": setting} for row in report["loaders"]["loaders"]]
     ci = report.get("ci")
     if ci:
-        out.append({"figure": f"ci profile: generate the synthetic cohort ({ci['n_images']} "
-                              "images, 6 mm)", "value": ci["generate_s"], "unit": "s"})
-        out.append({"figure": "ci profile: pack it (uint8)", "value": ci["pack_s"], "unit": "s"})
+        setting = f"ci profile, {ci['n_images']} images, {ci['grid_mm']:g} mm"
+        out.append({"figure": "ci: generate the synthetic cohort", "value": ci["generate_s"],
+                    "unit": "s", "setting": setting})
+        out.append({"figure": "ci: pack it (uint8)", "value": ci["pack_s"], "unit": "s",
+                    "setting": setting})
         for row in ci["epoch"]:
-            out.append({"figure": f"ci profile: one training epoch, {row['cohort']} "
-                                  f"({row['data_path']})", "value": row["epoch_s"],
-                        "unit": "s"})
+            out.append({"figure": f"ci: one training epoch, {row['cohort']}",
+                        "value": row["epoch_s"], "unit": "s",
+                        "setting": f"{setting}, data path {row['data_path']}"})
     return out
 
 

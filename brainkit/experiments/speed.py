@@ -5,7 +5,7 @@ Everything here runs in seconds at the ``ci`` profile, so the book measures the 
 built on; the paper-scale figures (1.5 mm, ResNet-18, one GPU) come from the benchmark scripts,
 whose JSON reports :func:`benchmark_reports` reads back. Each report carries the command that
 produced it and the machine it ran on (:func:`report_header`), and a flat list of
-``figures`` (name, value, unit) so that reports of different scripts line up in one table.
+``figures`` (``figure``, ``value``, ``unit``, optionally ``setting``) so that reports of different scripts line up in one table.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ __all__ = ["benchmark_reports", "loader_throughput", "machine", "report_header",
            "step_throughput", "time_loader"]
 
 #: Columns of :func:`benchmark_reports`.
-REPORT_COLUMNS = ("benchmark", "figure", "value", "unit", "device", "machine", "date",
-                  "command", "file")
+REPORT_COLUMNS = ("benchmark", "figure", "value", "unit", "setting", "device", "machine",
+                  "date", "command", "file")
 
 
 def step_throughput(profile: str | Profile | None = None, *, steps: int = 5, warmup: int = 2,
@@ -162,8 +162,9 @@ def benchmark_reports(folder: str | os.PathLike | None = None):
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`REPORT_COLUMNS`: the script (``benchmark``), the figure's name, value
-        and unit, the device it ran on (the GPU, else ``"CPU"``), a one-line machine
+        Columns :data:`REPORT_COLUMNS`: the script (``benchmark``), the figure's name, value,
+        unit and setting (what was measured: grid, model, batch; ``""`` when the report
+        gives none), the device it ran on (the GPU, else ``"CPU"``), a one-line machine
         description, the date, the command and the report's file name. Sorted by file, in
         each report's own order. Empty (with these columns) when the folder holds no report.
 
@@ -204,7 +205,8 @@ def benchmark_reports(folder: str | os.PathLike | None = None):
                 raise ValueError(f"{path}: figures[{i}] lacks {absent}")
             rows.append({"benchmark": report.get("benchmark", path.stem),
                          "figure": fig["figure"], "value": float(fig["value"]),
-                         "unit": fig["unit"], "device": device, "machine": described,
+                         "unit": fig["unit"], "setting": fig.get("setting", ""),
+                         "device": device, "machine": described,
                          "date": report.get("date", ""), "command": report["command"],
                          "file": path.name})
     return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))

@@ -81,7 +81,7 @@ def test_report_header_names_the_command_relative_to_the_working_directory(monke
 # --------------------------------------------------------------------------- reports
 def test_benchmark_reports_one_row_per_figure_in_file_order(tmp_path):
     (tmp_path / "b-gpu.json").write_text(json.dumps(_report(GPU, [
-        {"figure": "end to end, plain", "value": 274, "unit": "volumes/s"},
+        {"figure": "end to end, plain", "value": 274, "unit": "volumes/s", "setting": "1.5 mm"},
         {"figure": "end to end, brainkit", "value": 386.5, "unit": "volumes/s"}])))
     (tmp_path / "a-cpu.json").write_text(json.dumps(_report(CPU, [
         {"figure": "book build", "value": 600, "unit": "s"}])))
@@ -94,6 +94,7 @@ def test_benchmark_reports_one_row_per_figure_in_file_order(tmp_path):
     assert table["file"].tolist() == ["a-cpu.json", "b-gpu.json", "b-gpu.json",
                                       "c-cpu-on-gpu-box.json"]
     assert table["value"].tolist() == [600.0, 274.0, 386.5, 3.0]
+    assert table["setting"].tolist() == ["", "1.5 mm", "", ""]
     assert table["device"].tolist() == ["CPU", "NVIDIA H200", "NVIDIA H200", "CPU"]
     assert table["machine"].iloc[0] == "Some CPU, 2 cores, 23.5 GiB; torch 2.13.0"
     assert "NVIDIA H200" in table["machine"].iloc[1]
@@ -225,7 +226,8 @@ def test_bench_data_writes_a_readable_report(tmp_path, monkeypatch, capsys):
     assert rc == 0
     table = benchmark_reports(out)
     assert len(table) == 6 and (table["unit"] == "volumes/s").all()
-    assert table["figure"].str.contains("6 mm 31x37x31, batch 4").all()
+    assert table["figure"].str.startswith("loader: ").all()
+    assert table["setting"].str.startswith("6 mm 31x37x31, batch 4,").all()
     assert table["command"].iloc[0].startswith("python benchmarks/bench_data.py --grid-mm 6")
 
 
@@ -239,8 +241,7 @@ def test_bench_end_to_end_writes_a_readable_report(tmp_path, monkeypatch, capsys
     report = json.loads((tmp_path / "e2e.json").read_text())
     assert report["complete"] and report["device_type"] == "cpu"
     table = benchmark_reports(tmp_path)
-    settings = [f for f in table["figure"] if f.startswith("end to end, ") and "(" in f]
-    assert any(s.startswith("end to end, plain (6 mm") for s in settings)
-    assert any("brainkit (auto: memmap)" in s for s in settings)
+    assert {"plain", "brainkit (auto: memmap)", "step only"} <= set(table["figure"])
+    assert table["setting"].str.startswith("6 mm 31x37x31, ResNet-18 widths 4,4,8,8, batch 4").all()
     ratios = table[table["unit"] == "ratio"]
     assert len(ratios) == 3 and (ratios["value"] > 0).all()
