@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -100,8 +101,21 @@ def _single_process_step(cohort: Cohort, kind: str):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
+@pytest.fixture(scope="module")
+def cohort_3mm(tmp_path_factory):
+    """24 synthetic subjects on the 3 mm grid (61 x 73 x 61), in memory and saved: the last
+    ResNet stage keeps 2 x 3 x 2 voxels, so instance norm there is well conditioned."""
+    from brainkit.data.synthetic import make_cohort
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nilearn resampling notice
+        cohort = make_cohort("openbhb", n_subjects=24, grid_mm=3, seed=0)
+    return cohort, cohort.save(tmp_path_factory.mktemp("cohort") / "openbhb24-3mm")
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(synthetic_cohort, saved_synthetic, subprocess_env, tmp_path):
+def test_two_processes_match_one(cohort_3mm, subprocess_env, tmp_path):
+    synthetic_cohort, saved_synthetic = cohort_3mm
     env = dict(subprocess_env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                WORLD_SIZE="2")
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(saved_synthetic),
@@ -134,9 +148,11 @@ def test_two_processes_match_one(synthetic_cohort, saved_synthetic, subprocess_e
                 assert g.norm() > 0, f"{kind} {name} has no gradient: the test would be empty"
                 assert (got["grads"][name] - g).norm() <= 1e-5 * g.norm(), f"{kind} {name}"
 
-    # end to end (one epoch: batches of 5, 5 and 2 images, shards 3+2, 3+2, 1+1): same loss;
-    # the same weight updates up to Adam's amplification of float32 rounding in elements
-    # whose gradient is ~0 (an update of +-lr either way), hence a bound relative to the update
+    # end to end (one epoch: batches of 5, 5 and 2 images, shards 3+2, 3+2, 1+1): the same
+    # loss and the same weight updates up to float32 summation order. (On the 6 mm grid the
+    # last stage holds 2 voxels, instance norm there leaves gradients of pure rounding noise,
+    # and Adam turns those into +-lr steps of either sign: 2.7% of the update apart on one CPU.
+    # On 3 mm the two runs agree to ~1e-5 of the update.)
     m_single = pd.read_parquet(tmp_path / "single" / "metrics.parquet")
     m_ddp = pd.read_parquet(tmp_path / "ddp" / "metrics.parquet")
     np.testing.assert_allclose(m_ddp["loss"], m_single["loss"], rtol=1e-5)
@@ -148,10 +164,9 @@ def test_two_processes_match_one(synthetic_cohort, saved_synthetic, subprocess_e
         if value.is_floating_point():
             single_updates.append((value - initial[name]).flatten())
             ddp_updates.append((w0[name] - initial[name]).flatten())
-    # Over the whole model (a single small tensor, e.g. a norm layer whose gradient is ~0, can
-    # flip an element's Adam step of +-lr and fail any per-tensor bound).
+    # over the whole model (measured 7.6e-6 of the update's norm)
     update, ddp_update = torch.cat(single_updates), torch.cat(ddp_updates)
-    assert (ddp_update - update).norm() <= 0.02 * update.norm()
+    assert (ddp_update - update).norm() <= 1e-3 * update.norm()
     assert load_checkpoint(tmp_path / "ddp")["world_size"] == 2
 
 
