@@ -41,7 +41,9 @@ On a CPU (about a minute on 2 cores; ``--threads 1`` when other work shares the 
         --steps 5 --threads 1
 
 The script stops starting new phases once ``--time-limit`` seconds have passed and writes the
-JSON after every phase, so a run cut short still leaves the phases it finished.
+JSON after every phase, so a run cut short still leaves the phases it finished. The plain and
+step-only loops also stop early at the limit; a ``fit`` phase, once started, runs its epochs
+(the warm-up epoch and enough timed epochs for ``--steps``).
 """
 
 from __future__ import annotations
@@ -176,8 +178,6 @@ class NpyViews(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- measures
 def measure_plain(args, data: dict, device: torch.device, deadline: float) -> dict:
     cuda = device.type == "cuda"
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False
     model = _model(args).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-5)
     loss_fn = make_loss("exp", sigma=2.0).to(device)
@@ -190,14 +190,16 @@ def measure_plain(args, data: dict, device: torch.device, deadline: float) -> di
                                          drop_last=True,
                                          timeout=300 if args.workers else 0)
     done, start, seconds = 0, None, math.nan
+    previous = torch.backends.cudnn.benchmark
     try:
+        torch.backends.cudnn.benchmark = False
         for step, (views, ages) in enumerate(loader):
             if step == args.warmup:
                 _sync(device)
                 start = time.perf_counter()
-            b = views.shape[0]
-            x = views.transpose(0, 1).reshape(-1, *views.shape[2:])  # view-major
-            x = x.to(device, non_blocking=cuda)
+            # to the device as the loader delivered it (pinned), then view-major there
+            x = views.to(device, non_blocking=cuda)
+            x = x.transpose(0, 1).reshape(-1, *views.shape[2:])
             y = ages.repeat(args.views).to(device)
             loss = batch_loss(model, loss_fn, x, y, n_views=args.views, amp=False)
             optimizer.zero_grad(set_to_none=True)
@@ -249,8 +251,6 @@ def measure_brainkit(args, data: dict, device: torch.device, root: Path, data_pa
 
 def measure_step_only(args, data: dict, device: torch.device, deadline: float) -> dict:
     cuda = device.type == "cuda"
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = cuda
     fmt = torch.channels_last_3d if cuda else torch.contiguous_format
     model = _model(args).to(device).to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-5,
@@ -261,7 +261,9 @@ def measure_step_only(args, data: dict, device: torch.device, deadline: float) -
     y = (torch.rand(args.batch_size, device=device, dtype=torch.float64) * 80 + 6) \
         .repeat(args.views)
     done, seconds = 0, math.nan
+    previous = torch.backends.cudnn.benchmark
     try:
+        torch.backends.cudnn.benchmark = cuda
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 _sync(device)
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         args.head_dims = (512, 128) if w == 512 else (w, max(1, w // 2))
     if args.paths is None:
         args.paths = "auto,memmap" if device.type == "cuda" and not args.quick else "auto"
-    paths = args.paths.split(",")
+    paths = list(dict.fromkeys(args.paths.split(",")))  # each once, in the order given
     if set(paths) - {"auto", "memmap", "resident"}:
         parser.error(f"--paths: choose from auto, memmap, resident; got {args.paths!r}")
     if args.n_images < args.batch_size:

@@ -30,14 +30,17 @@ On a CPU, a narrow network on the 6 mm grid (under a minute on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from brainkit.data.grid import mni_grid
 from brainkit.losses import make_loss
 from brainkit.models import build_model
+from brainkit.experiments.speed import report_header
 from brainkit.train import batch_loss
 
 SETTINGS = ("defaults", "brainkit")
@@ -68,25 +71,27 @@ def measure(setting: str, *, device: torch.device, grid: tuple[int, int, int], d
     tuned = setting == "brainkit"
     cuda = device.type == "cuda"
     previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = tuned and cuda
-    torch.manual_seed(0)
-    model = build_model("contrastive", depth=depth, widths=widths, head_dims=head_dims).to(device)
-    memory_format = torch.channels_last_3d if tuned else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-5,
-                                 **({"fused": True} if tuned else {}))
-    loss_fn = make_loss("exp", sigma=2.0).to(device)
-    x = torch.rand((n_views * batch_size, 1) + tuple(grid), device=device)
-    x = x.contiguous(memory_format=memory_format)
-    y = (torch.rand(batch_size, device=device, dtype=torch.float64) * 80 + 6).repeat(n_views)
-
-    def step():
-        loss = batch_loss(model, loss_fn, x, y, n_views=n_views, amp=tuned)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     try:
+        torch.backends.cudnn.benchmark = tuned and cuda
+        torch.manual_seed(0)
+        model = build_model("contrastive", depth=depth, widths=widths,
+                            head_dims=head_dims).to(device)
+        memory_format = torch.channels_last_3d if tuned else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-5,
+                                     **({"fused": True} if tuned else {}))
+        loss_fn = make_loss("exp", sigma=2.0).to(device)
+        x = torch.rand((n_views * batch_size, 1) + tuple(grid), device=device)
+        x = x.contiguous(memory_format=memory_format)
+        y = (torch.rand(batch_size, device=device, dtype=torch.float64) * 80 + 6) \
+            .repeat(n_views)
+
+        def step():
+            loss = batch_loss(model, loss_fn, x, y, n_views=n_views, amp=tuned)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
         for _ in range(warmup):
             step()
         _sync(device)
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated subset of {SETTINGS}")
+    parser.add_argument("--json", default=None, help="write a benchmark report here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -142,9 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['setting']:<10} {r['volumes_per_s']:>10.1f} {r['ms_per_step']:>10.1f} "
               f"{r['peak_gib']:>9.2f}")
+    setting = (f"{args.grid_mm:g} mm {'x'.join(map(str, grid))}, ResNet-{args.depth} widths "
+               f"{','.join(map(str, args.widths))}, batch {args.batch_size} x {args.views} "
+               "views, data on the device")
+    figures = [{"figure": f"step only, {r['setting']}", "value": r["volumes_per_s"],
+                "unit": "volumes/s", "setting": setting} for r in rows]
     if len(rows) == 2:
         ratio = rows[1]["volumes_per_s"] / rows[0]["volumes_per_s"]
         print(f"speed-up {rows[1]['setting']} / {rows[0]['setting']}: {ratio:.2f}x")
+        figures.append({"figure": f"step only, {rows[1]['setting']} / {rows[0]['setting']}",
+                        "value": ratio, "unit": "ratio", "setting": setting})
+    if args.json:
+        report = {"benchmark": "bench_train",
+                  **report_header(None if argv is None else [__file__, *argv]),
+                  "device_type": device.type, "rows": rows, "figures": figures}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -2,7 +2,7 @@
 # One device session's GPU checks in one call (written to fit ~9 minutes on one H200; the
 # timeouts below cap each part). Prepare with benchmarks/gpu_prepare.sh, then
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# Results land in $OUT: e2e-gpu.json (copy it to benchmarks/results/ and commit it: the book's
+# Results land in $OUT: e2e-gpu.json and train-gpu.json (copy them to benchmarks/results/ and commit them: the book's
 # full-scale chapter tabulates it), e2e.txt, train.txt, pytest.txt, nvidia-smi.txt.
 set -u
 OUT=${OUT:-/tmp/brainkit-gpu}
@@ -20,7 +20,7 @@ python3 -c "import brainkit, torch; print('brainkit', brainkit.__version__, 'tor
 timeout 330 python3 benchmarks/bench_end_to_end.py --time-limit 290 --json "$OUT/e2e-gpu.json" \
   2>&1 | tee "$OUT/e2e.txt"
 # 2. the step alone: PyTorch defaults vs brainkit's settings
-timeout 120 python3 benchmarks/bench_train.py 2>&1 | tee "$OUT/train.txt"
+timeout 120 python3 benchmarks/bench_train.py --json "$OUT/train-gpu.json" 2>&1 | tee "$OUT/train.txt"
 # 3. the CUDA-only tests (resident vs memmap batches on the GPU, augmentations on the device)
 timeout 100 python3 -m pytest -q -p no:cacheprovider tests/train/test_data_path.py \
   tests/data/test_augment.py 2>&1 | tee "$OUT/pytest.txt"
