@@ -2,8 +2,9 @@
 # One device session's GPU checks in one call (written to fit ~9 minutes on one H200; the
 # timeouts below cap each part). Prepare with benchmarks/gpu_prepare.sh, then
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# Results land in $OUT: e2e-gpu.json and train-gpu.json (copy them to benchmarks/results/ and commit them: the book's
-# full-scale chapter tabulates it), e2e.txt, train.txt, pytest.txt, nvidia-smi.txt.
+# Results land in $OUT: e2e-gpu.json and train-gpu.json (copy them to benchmarks/results/ and
+# commit them: the book's full-scale chapter tabulates them), e2e.txt, train.txt, pytest.txt,
+# nvidia-smi.txt.
 set -u
 OUT=${OUT:-/tmp/brainkit-gpu}
 mkdir -p "$OUT"

@@ -833,7 +833,9 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
                     x = augment_views(x, local, augment, n_views=n_views, seed=seed, epoch=epoch)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last_3d)
-                    y = ages[torch.as_tensor(batch)].repeat(n_views).to(device)
+                    y = ages[torch.as_tensor(batch)].repeat(n_views)
+                    # pinned + non_blocking: a pageable copy would wait for the GPU's queue
+                    y = y.pin_memory().to(device, non_blocking=True) if cuda else y.to(device)
                     sizes = shard_sizes(len(batch), info.world_size) if info.distributed \
                         else None
                     value = batch_loss(module, loss_fn, x, y, n_views=n_views, sizes=sizes,
