@@ -5,7 +5,8 @@ Everything here runs in seconds at the ``ci`` profile, so the book measures the 
 built on; the paper-scale figures (1.5 mm, ResNet-18, one GPU) come from the benchmark scripts,
 whose JSON reports :func:`benchmark_reports` reads back. Each report carries the command that
 produced it and the machine it ran on (:func:`report_header`), and a flat list of
-``figures`` (``figure``, ``value``, ``unit``, optionally ``setting``) so that reports of different scripts line up in one table.
+``figures`` (``figure``, ``value``, ``unit``, optionally ``setting``) so that reports of
+different scripts line up in one table.
 """
 
 from __future__ import annotations
