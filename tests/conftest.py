@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from brainkit.data.paths import data_root
 
@@ -27,6 +28,16 @@ def shared_data():
     if root is None:
         pytest.skip("real data not found: ../shared/data is absent and BRAINKIT_DATA is unset")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny 3D nets gain nothing from threads, and OpenMP threads spinning
+    on 2 shared cores slow them tenfold under load."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

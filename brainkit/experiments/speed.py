@@ -348,7 +348,6 @@ def loader_throughput(cohort, *, batch_size: int = 32, epochs: int = 3,
             median, best = time_loader(load, n, batch_size, epochs=epochs, prefetch=prefetch)
             rows.append({"loader": name, "mib_per_image": mib, "volumes_per_s": median,
                          "volumes_per_s_best": best})
-        del host, resident, u8, float32, images
     table = pd.DataFrame(rows).set_index("loader")
     table["vs_npy"] = table["volumes_per_s"] / table.loc["float32 .npy files", "volumes_per_s"]
     return table

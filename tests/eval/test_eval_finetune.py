@@ -37,13 +37,7 @@ def planted_volumes(rng, n, *, strength=1.0):
     return x, y
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread avoids oversubscription on shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 @pytest.fixture

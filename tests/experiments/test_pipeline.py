@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from brainkit.data import check_no_leakage, make_cohort, make_merged
 from brainkit.experiments import ResultsStore, config_key, get_profile
@@ -14,15 +13,6 @@ from brainkit.experiments.pipeline import cross_validate, train_config
 TINY = get_profile("ci").replace(epochs=1, widths=(4, 8, 16, 32), head_dims=(16, 8),
                                  batch_size=8)
 FOLDS = 3
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny 3D nets run much faster on one thread, especially on a shared CI machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

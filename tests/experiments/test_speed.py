@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +20,7 @@ from brainkit.plots import throughput_bars
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from brainkit.cli import main
 from brainkit.data import make_cohort
@@ -33,14 +32,6 @@ from brainkit.experiments.sweep import (
 TINY = "overrides: {epochs: 1, widths: [4, 8, 16, 32], head_dims: [16, 8], batch_size: 8}"
 SMALL_MERGED = "{openbhb: 60, adni: 12, icbm: 8, oasis3: 10}"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def write_grid(folder: Path, text: str, name: str = "grid.yaml") -> Path:

@@ -7,19 +7,14 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from brainkit.data import Cohort
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads spinning on 2 shared cores
-    slow these tests tenfold under load; subprocesses get ``OMP_NUM_THREADS=1`` likewise."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_thread):
+    """Every training test on one torch thread (subprocesses get ``OMP_NUM_THREADS=1``
+    likewise, from ``subprocess_env``)."""
 
 
 @pytest.fixture(scope="session")
