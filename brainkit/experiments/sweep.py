@@ -1301,7 +1301,8 @@ def results_table(store: ResultsStore | str | os.PathLike, table: str | None = N
     store : ResultsStore or path
     table : str, optional
         ``None``: the summary (one row per run) with ``key``, ``kind`` (``train``,
-        ``finetune`` or the design name), ``loss``, ``n_train``, ``seed``, ``seconds``,
+        ``finetune``, ``probe`` (cached challenge probes of a trained run) or the design
+        name), ``loss``, ``n_train``, ``seed``, ``seconds``,
         ``final_loss`` (last training epoch) and the headline metrics stored by design
         evaluations (e.g. ``mae``, ``bag_AD``, ``mae_ext``, ``bacc``, ``bacc_within``). A name
         (e.g. ``"metrics"``): that table of every matching run that has it, with ``run``,

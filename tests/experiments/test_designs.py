@@ -17,7 +17,8 @@ from brainkit.experiments import (
     summaries,
     toy,
 )
-from brainkit.experiments.designs import nested_subsets
+from brainkit.experiments import results_table
+from brainkit.experiments.designs import challenge_metrics, nested_subsets
 
 TINY = get_profile("ci").replace(epochs=1, widths=(4, 8, 16, 32), head_dims=(16, 8),
                                  batch_size=16, recalibrate_bn=True)
@@ -59,10 +60,15 @@ def test_nested_subsets_are_nested_and_whole_subjects(cohort):
         nested_subsets(cohort, pool, [len(pool) + 1])
 
 
+def _count(store, kind: str) -> int:
+    return sum(run.config.get("kind") == kind for run in store.runs())
+
+
 def test_designs_share_runs_and_return_tidy_tables(cohort, tmp_path):
     store = ResultsStore(tmp_path)
     sweep = scaling_sweep(cohort, ["exp", "l1"], [40], profile=TINY, store=store)
-    assert store.computed == 4  # 2 losses x (40 images, whole pool)
+    assert _count(store, "train") == 4  # 2 losses x (40 images, whole pool)
+    assert _count(store, "probe") == 4  # the challenge probes of each run, cached
     assert {"loss", "n_train", "n_sites", "n_datasets", "bacc", "mae_int", "mae_ext",
             "score"} <= set(sweep.columns)
     assert sweep.groupby("loss")["n_train"].apply(lambda s: s.is_monotonic_increasing).all()
@@ -70,20 +76,35 @@ def test_designs_share_runs_and_return_tidy_tables(cohort, tmp_path):
 
     table3 = single_vs_merge(cohort, ["exp"], profile=TINY, store=store,
                              single_datasets=["openbhb"])
-    assert store.computed == 5, "the merged run is the sweep's largest run: only single is new"
+    assert _count(store, "train") == 5, \
+        "the merged run is the sweep's largest run: only single is new"
+    assert _count(store, "probe") == 5, "the merged run's challenge probes are read back"
     assert set(table3["scheme"]) == {"single", "merge"}
     merge = table3[(table3["scheme"] == "merge") & (table3["dataset"] != "challenge")]
     assert set(merge["dataset"]) == {"openbhb", "adni", "icbm", "oasis3"}
     assert set(table3.loc[table3["dataset"] == "challenge", "scheme"]) == {"single", "merge"}
 
     gaps = heldout_gaps(cohort, ["exp"], profile=TINY, store=store)
-    assert store.computed == 5, "held-out gaps reuse the merged run"
+    assert _count(store, "train") == 5, "held-out gaps reuse the merged run"
+    assert store.computed == 10
     split = pretraining_split(cohort)
     assert not set(gaps["image_id"]) & set(cohort.table["image_id"].to_numpy()[split.merged])
     assert set(gaps.loc[gaps["diagnosis"] == "HC", "image_id"]) == set(
         cohort.table["image_id"].to_numpy()[np.concatenate(list(split.tests.values()))])
     assert np.allclose(gaps["bag"], gaps["age_pred"] - gaps["age"])
     assert gaps["bag_corrected"].notna().all()
+
+    # the cached challenge metrics are the ones computed afresh
+    merged = table3[(table3["dataset"] == "challenge") & (table3["scheme"] == "merge")].iloc[0]
+    largest = sweep[(sweep["loss"] == "exp")].sort_values("n_train").iloc[-1]
+    for metric in ("bacc", "mae_int", "mae_ext", "score"):
+        assert merged[metric] == largest[metric]
+    run = [r for r in store.runs() if r.config.get("kind") == "train"
+           and r.config.get("loss") == "exp" and r.config.get("n_train") == merged["n_train"]][0]
+    fresh = challenge_metrics(run, cohort, pretraining_split(cohort))  # no store: recomputed
+    assert fresh == pytest.approx({k: merged[k] for k in fresh})
+    probes = results_table(store, kind="probe")
+    assert len(probes) == 5 and set(probes["loss"]) == {"exp", "l1"}
 
     comparison = summaries.table3_comparison(table3)
     assert "paper" in comparison.columns.get_level_values(0)

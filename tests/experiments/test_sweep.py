@@ -256,9 +256,14 @@ def test_pool_sweep_trains_each_run_once_and_designs_need_nothing_else(tmp_path,
     kinds = [r.config.get("kind") for r in store.runs()]
     assert kinds.count("train") == 6 and kinds.count("design") == 5
     assert kinds.count("finetune") == 1
+    # challenge probes, cached per trained run: scaling's 20-image and whole-pool runs, and
+    # single_vs_merge's single OpenBHB run (its merge run is scaling's whole pool)
+    assert kinds.count("probe") == 3
 
     summary = results_table(store)
-    assert len(summary) == 12
+    assert len(summary) == 15
+    probes = summary[summary["kind"] == "probe"]
+    assert (probes["loss"] == "l1").all() and np.isfinite(probes["mae_ext"]).all()
     cv = summary[summary["kind"] == "cross_validate"].iloc[0]
     assert 0 < cv["mae"] < 100 and np.isfinite(cv["bag_HC"])
     trained = summary[summary["kind"] == "train"]
@@ -271,7 +276,7 @@ def test_pool_sweep_trains_each_run_once_and_designs_need_nothing_else(tmp_path,
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:7] == ["key", "kind", "loss", "n_train", "seed", "seconds",
                                   "final_loss"]
-    assert len(out) == 1 + 12
+    assert len(out) == 1 + 15
     assert main(["results", "--store", str(store.root), "--filter", "kind=train",
                  "n_train=20"]) == 0
     out = capsys.readouterr().out.splitlines()
