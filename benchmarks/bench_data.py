@@ -153,7 +153,8 @@ def ci_profile(args, root: Path) -> dict:
     pack_s = time.perf_counter() - t
     print(f"ci profile: {cohort}; generated in {generate_s:.1f} s, packed in {pack_s:.2f} s",
           flush=True)
-    out = {"n_images": len(cohort), "grid_mm": p.grid_mm, "generate_s": generate_s, "pack_s": pack_s, "epoch": []}
+    out = {"n_images": len(cohort), "grid_mm": p.grid_mm, "generate_s": generate_s,
+           "pack_s": pack_s, "epoch": []}
     for name, c in (("float32 in memory", cohort), ("uint8 packed", packed)):
         torch.manual_seed(0)
         model = build_model("contrastive", depth=p.depth, widths=p.widths,
