@@ -274,8 +274,8 @@ def loader_throughput(cohort, *, batch_size: int = 32, epochs: int = 3,
     """How fast each of brainkit's data paths delivers training batches of ``cohort``.
 
     The cohort is written as one float32 ``.npy`` file per image, saved as float32
-    (memory-mapped, as :meth:`Cohort.save` writes it) and packed as uint8 (:func:`brainkit.data.packed.pack_cohort`) in a temporary folder; each
-    loader then delivers shuffled float32 full-grid batches ``(B, 1, X, Y, Z)`` on ``device``
+    (memory-mapped, as :meth:`Cohort.save` writes it) and packed as uint8
+    (:func:`brainkit.data.packed.pack_cohort`) in a temporary folder; each loader then delivers shuffled float32 full-grid batches ``(B, 1, X, Y, Z)`` on ``device``
     with no model behind it (:func:`time_loader`).
 
     Parameters
