@@ -9,6 +9,7 @@ with contrastive learning". Subpackages:
 - :mod:`brainkit.train`: the training engine
 - :mod:`brainkit.eval`: probes, challenge score, brain-age gap, longitudinal, calibration
 - :mod:`brainkit.plots`: plotly figures for every analysis
+- :mod:`brainkit.errors`: the error classes of user mistakes (one line on the command line)
 """
 
 __version__ = "0.1.0"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import InputError
 from .cohort import COLUMNS, DIAGNOSES, OPTIONAL_COLUMNS
 from .paths import PROJECT_ROOT
 
@@ -52,7 +53,7 @@ _EXPECTED_COUNT_KEYS = ("subjects", "images", "sites")
 _EXPECTED_AGE_KEYS = ("age_mean", "age_sd", "age_min", "age_max")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest file that does not follow the schema (the message names file and key)."""
 
 
@@ -596,9 +597,12 @@ def load_manifest(name_or_path: str | os.PathLike | Manifest) -> Manifest:
             raise FileNotFoundError(f"no manifest named {text!r}; known manifests: "
                                     f"{list_manifests()} (or pass a path to a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, encoding="utf-8") as fh:  # a stream: YAML's messages name the file
+            data = yaml.safe_load(fh)
     except yaml.YAMLError as err:
         raise ManifestError(f"manifest {path}: not valid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"manifest {path}: not a UTF-8 text file ({err})") from None
     manifest = parse_manifest(data, source=str(path), path=path)
     if not looks_like_path and manifest.name != text:
         raise ManifestError(f"manifest {path}: name {manifest.name!r} does not match the "

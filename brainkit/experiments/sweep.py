@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from .._util import SignalFlag
+from ..errors import InputError
 from .pipeline import LOSSES, train_config
 from .profiles import PROFILES, Profile, get_profile
 from .store import ResultsStore, RunOutput, config_key
@@ -94,7 +95,7 @@ _SLURM_KEYS = {
 }
 
 
-class GridError(ValueError):
+class GridError(InputError):
     """A grid file (or grid mapping) that does not follow the sweep format."""
 
 
@@ -716,9 +717,12 @@ def load_grid(path: str | os.PathLike) -> Grid:
     if not path.is_file():
         raise FileNotFoundError(f"grid file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, encoding="utf-8") as fh:  # a stream: YAML's messages name the file
+            data = yaml.safe_load(fh)
     except yaml.YAMLError as err:
         raise GridError(f"{path}: not valid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise GridError(f"{path}: not a UTF-8 text file ({err})") from None
     return Grid.from_dict(data, source=str(path), base=path.parent)
 
 
