@@ -1,19 +1,29 @@
-"""Small shared helpers: atomic file writes and signal flags.
+"""Small shared helpers: atomic file writes, signal flags and folder locks.
 
-Private to brainkit; used by the cohort store, checkpoints, training and sweeps.
+Private to brainkit; used by the cohort store, checkpoints, training, imports and sweeps.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "SignalFlag"]
+try:  # POSIX; elsewhere FolderLock does nothing (documented)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = ["atomic_path", "SignalFlag", "FolderLock", "LOCK_NAME"]
+
+#: File name of a folder's lock (see :class:`FolderLock`).
+LOCK_NAME = ".brainkit.lock"
 
 
 @contextmanager
@@ -80,4 +90,127 @@ class SignalFlag:
 
     def __exit__(self, *exc):
         self._restore()
+        return False
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by one process at a time.
+
+    ``fcntl.flock`` on ``folder/.brainkit.lock`` (created if needed, with the holder's pid,
+    host and start time written in it). The kernel releases the lock when the holder exits,
+    however it exits (SIGKILL included), so a crashed process never blocks the next one and
+    there is no stale-lock guessing. Advisory: it stops other brainkit processes, not other
+    programs. On systems without ``fcntl`` (Windows) it does nothing.
+
+    Parameters
+    ----------
+    folder : path-like
+        Created if absent.
+    what : str
+        What holds it, for the message (e.g. ``"training run"``).
+    blocking : bool, default False
+        False: refuse at once with :class:`brainkit.errors.FolderLockedError` when another
+        process holds it. True: wait for it (``on_wait(pid)`` is called once first).
+    path : path-like, optional
+        The lock file (default ``folder/.brainkit.lock``).
+    remove : bool, default False
+        Delete the lock file on release (only with ``blocking=False``: a process waiting on
+        a removed file would hold a lock nobody else sees).
+    on_wait : callable, optional
+        ``on_wait(pid)`` before a blocking wait.
+
+    Examples
+    --------
+    >>> with FolderLock("runs/exp", what="training run"):   # doctest: +SKIP
+    ...     train()
+    """
+
+    def __init__(self, folder, *, what: str = "process", blocking: bool = False, path=None,
+                 remove: bool = False, on_wait=None):
+        if remove and blocking:
+            raise ValueError("remove=True needs blocking=False")
+        self.folder = Path(folder)
+        self.path = Path(path) if path is not None else self.folder / LOCK_NAME
+        self.what = what
+        self.blocking = blocking
+        self.remove = remove
+        self.on_wait = on_wait
+        self._fd: int | None = None
+
+    @staticmethod
+    def holder(path) -> int | None:
+        """The pid written in a lock file (None if unreadable)."""
+        try:
+            first = Path(path).read_text().split()
+            return int(first[0]) if first else None
+        except (OSError, ValueError):
+            return None
+
+    def _refuse(self):
+        from .errors import FolderLockedError
+
+        pid = self.holder(self.path)
+        who = f"pid {pid}" if pid is not None else "another process"
+        raise FolderLockedError(
+            f"{self.folder} is in use by another {self.what} ({who} holds {self.path}); wait "
+            "for it to finish or choose another folder", folder=self.folder, pid=pid)
+
+    def acquire(self) -> FolderLock:
+        if fcntl is None or self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not self.blocking:
+                        self._refuse()
+                    if self.on_wait is not None:
+                        self.on_wait(self.holder(self.path))
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                # The file may have been removed (remove=True) between our open and flock:
+                # then we hold a lock on a file nobody else sees; try again.
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+            except BaseException:
+                os.close(fd)
+                raise
+            break
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} "
+                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if self.remove:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+            else:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the lock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
         return False
