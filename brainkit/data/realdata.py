@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import MissingFileError
 from .cohort import CohortError, _where, validate_table
 
 __all__ = [
@@ -30,7 +31,10 @@ __all__ = [
     "OASIS2_GROUPS",
     "FCON1000_SEX",
     "MCI_WINDOW_YEARS",
+    "ID_COLUMNS",
+    "read_delimited",
     "read_table",
+    "sniff_separator",
     "oasis1_table",
     "oasis2_table",
     "fcon1000_table",
@@ -51,6 +55,52 @@ _OASIS1_UNRATED_MAX_AGE = 60.0
 _DAYS_PER_YEAR = 365.25
 
 
+#: Columns holding identifiers, read as text so that ``001`` stays ``001`` (not 1). Every
+#: table reader of brainkit uses it: the brainkit vocabulary and the datasets' own id columns.
+ID_COLUMNS = ("image_id", "subject_id", "site", "dataset", "ID", "MRI ID", "Subject ID",
+              "sub_id", "participant_id")
+_SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}
+
+
+def sniff_separator(path: str | os.PathLike) -> str:
+    """The field separator of a delimited text table, from its header line.
+
+    The separator is the one of tab, comma and semicolon that occurs most often in the first
+    line (so a comma-separated file named ``.tsv`` is still read right); with none of them
+    the file has one column, and the suffix decides (tab for ``.tsv`` / ``.tab``).
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        first = fh.readline()
+    counts = {sep: first.count(sep) for sep in _SEPARATORS}
+    best = max(counts, key=counts.get)
+    if counts[best] == 0:
+        return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    return best
+
+
+def read_delimited(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
+    """Read a CSV / TSV table: separator sniffed, id columns as text, a UTF-8 BOM ignored.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    CohortError
+        The file cannot be parsed (the message names it and the separator used).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what}: table file {str(path)!r} does not exist")
+    sep = sniff_separator(path)
+    try:
+        return pd.read_csv(path, sep=sep, encoding="utf-8-sig",
+                           dtype={c: str for c in ID_COLUMNS})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise CohortError(f"{path}: not a readable table ({_SEPARATORS[sep]}-separated "
+                          f"text expected; {err})") from None
+
+
 def _read(source, what: str) -> tuple[pd.DataFrame, str]:
     """A DataFrame and a name for messages, from a DataFrame or a CSV / TSV path."""
     if isinstance(source, pd.DataFrame):
@@ -58,20 +108,7 @@ def _read(source, what: str) -> tuple[pd.DataFrame, str]:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"{what}: expected a path or a pandas DataFrame, got "
                         f"{type(source).__name__}")
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: table file {str(path)!r} does not exist")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
-    if sep is None:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            first = fh.readline()
-        sep = "\t" if "\t" in first and "," not in first else ","
-    try:
-        table = pd.read_csv(path, sep=sep)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise CohortError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table "
-                          f"({err})") from None
-    return table, str(path)
+    return read_delimited(source, what=what), str(source)
 
 
 def _require(table: pd.DataFrame, columns, source: str) -> None:
@@ -103,8 +140,9 @@ def read_table(path, *, source: str | None = None) -> pd.DataFrame:
     Parameters
     ----------
     path : path-like or pandas.DataFrame
-        ``.tsv`` files are tab-separated; other files are comma-separated unless the header
-        line holds tabs and no comma.
+        Tab-, comma- or semicolon-separated text; the separator is read from the header line
+        (:func:`sniff_separator`), whatever the suffix. Id columns (:data:`ID_COLUMNS`) are
+        read as text, so ``001`` stays ``001``.
     source : str, optional
         Name for messages (default: the path).
 

@@ -128,6 +128,36 @@ def test_read_table_reads_tsv_and_csv(tmp_path):
         read_table(tmp_path / "nope.tsv")
 
 
+def _mine(ids=("a", "b")):
+    return pd.DataFrame({"image_id": list(ids), "subject_id": list(ids), "session": 1,
+                         "dataset": "mine", "site": ["01", "1"][:len(ids)],
+                         "age": [60.0, 61.0][:len(ids)], "sex": "F", "diagnosis": "HC",
+                         "years_from_baseline": 0.0})
+
+
+@pytest.mark.parametrize("name, sep", [("t.tsv", ","), ("t.csv", "\t"), ("t.tsv", ";"),
+                                       ("t.txt", ";")])
+def test_separator_is_read_from_the_header_not_the_suffix(tmp_path, name, sep):
+    # a CSV saved as .tsv used to report all nine columns "missing"
+    _mine().to_csv(tmp_path / name, sep=sep, index=False)
+    t = read_table(tmp_path / name)
+    assert t["image_id"].tolist() == ["a", "b"] and t["age"].tolist() == [60.0, 61.0]
+
+
+def test_numeric_looking_ids_are_read_as_text(tmp_path):
+    _mine(["001", "0001"]).to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    t = read_table(tmp_path / "t.tsv")
+    assert t["image_id"].tolist() == ["001", "0001"], "001 and 0001 stay two ids"
+    assert t["subject_id"].tolist() == ["001", "0001"]
+    assert t["site"].tolist() == ["01", "1"], "sites 01 and 1 are not merged"
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_column(tmp_path):
+    text = _mine().to_csv(index=False)
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_table(tmp_path / "excel.csv")["image_id"].tolist() == ["a", "b"]
+
+
 # --------------------------------------------------------------------------- MCI rule
 def _visits(rows):
     return pd.DataFrame(rows, columns=["subject_id", "years_from_baseline", "diagnosis"])
