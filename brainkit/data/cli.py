@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from .cohort import SUBJECT_CHECKS
+from .nifti import IMAGE_CHECKS
 
 __all__ = ["register"]
 
@@ -34,11 +38,37 @@ def _parse_sizes(text: str) -> dict[str, int]:
     return sizes
 
 
+def _refuse_existing_out(out: Path, overwrite: bool) -> None:
+    """``--out`` must be absent or empty, or hold a cohort and ``--overwrite`` be given."""
+    from brainkit.errors import ExistingOutputError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExistingOutputError(f"--out {out}: a file of that name exists; choose a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if (out / "cohort.json").is_file():
+        if overwrite:
+            return
+        raise ExistingOutputError(f"--out {out} already holds a cohort; choose another --out or "
+                                  "pass --overwrite to replace it")
+    raise ExistingOutputError(f"--out {out} is not empty (it holds {entries[:3]}"
+                              f"{' ...' if len(entries) > 3 else ''}); choose a new or empty "
+                              "folder")
+
+
 def _synth(args) -> int:
     from .synthetic import make_merged
 
+    out = Path(args.out)
+    _refuse_existing_out(out, args.overwrite)  # before the (minutes-long) generation
     cohort = make_merged(args.presets, grid_mm=args.grid_mm, seed=args.seed)
-    cohort.save(args.out)
+    _refuse_existing_out(out, args.overwrite)  # someone may have written there meanwhile
+    if (out / "packed.npy").exists():  # a replaced packed cohort's store (save writes images.npy)
+        (out / "packed.npy").unlink()
+    cohort.save(out)
     print(f"{cohort} -> {args.out}")
     return 0
 
@@ -46,10 +76,12 @@ def _synth(args) -> int:
 def _info(args) -> int:
     from .cohort import Cohort
 
-    cohort = Cohort.load(args.cohort)
+    cohort = Cohort.load(args.cohort, verify="none" if args.quick else "full")
     t = cohort.table
     print(cohort)
-    print(f"content hash: {cohort.content_hash}")
+    print(f"content hash: {cohort.content_hash}"
+          + (" (not re-read: --quick)" if args.quick else " (verified: every image re-read, "
+                                                          "finite, unchanged since saved)"))
     print(t.groupby(["dataset", "diagnosis"]).agg(images=("image_id", "size"),
                                                  subjects=("subject_id", "nunique"),
                                                  age_mean=("age", "mean"),
@@ -70,14 +102,10 @@ def _manifests(args) -> int:
 
 def _check(args) -> int:
     from .check import check_dataset
-    from .manifests import ManifestError
 
-    try:
-        report = check_dataset(args.manifest, args.root, layout=args.layout,
-                               full=not args.quick, progress=not args.no_progress)
-    except (FileNotFoundError, ManifestError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # A missing manifest or root is a user mistake: one line and exit 2 (brainkit.cli.main).
+    report = check_dataset(args.manifest, args.root, layout=args.layout,
+                           full=not args.quick, progress=not args.no_progress)
     print(report.summary(max_problems=args.max_problems))
     return 0 if report.ok else 1
 
@@ -85,33 +113,28 @@ def _check(args) -> int:
 def _import(args) -> int:
     from .nifti import import_nifti
 
-    try:
-        cohort = import_nifti(args.table, args.images, args.out, grid_mm=args.grid_mm,
-                              progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # Table / image problems, a non-empty --out or a folder in use: one line and exit 2
+    # (brainkit.cli.main); SIGTERM / Ctrl-C: what was written is removed, exit 128 + N.
+    cohort = import_nifti(args.table, args.images, args.out, grid_mm=args.grid_mm,
+                          allow=args.allow, progress=not args.no_progress)
     print(f"{cohort} -> {args.out}")
     return 0
 
 
 def _openbhb(args) -> int:
+    from brainkit.errors import InputError
+
     from .openbhb import load_openbhb, load_openbhb_flat
 
-    try:
-        if args.kit_npy is None:
-            cohort = load_openbhb(args.root, splits=args.splits, grid_mm=args.grid_mm,
-                                  out=args.out, progress=not args.no_progress)
-        else:
-            if args.mask is None:
-                print("error: --kit-npy needs --mask (the kit's "
-                      "cat12vbm_space-MNI152_desc-gm_TPM.nii.gz)", file=sys.stderr)
-                return 2
-            cohort = load_openbhb_flat(args.kit_npy, args.root, args.mask, grid_mm=args.grid_mm,
-                                       out=args.out, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.kit_npy is None:
+        cohort = load_openbhb(args.root, splits=args.splits, grid_mm=args.grid_mm,
+                              out=args.out, progress=not args.no_progress)
+    else:
+        if args.mask is None:
+            raise InputError("--kit-npy needs --mask (the kit's "
+                             "cat12vbm_space-MNI152_desc-gm_TPM.nii.gz)")
+        cohort = load_openbhb_flat(args.kit_npy, args.root, args.mask, grid_mm=args.grid_mm,
+                                   out=args.out, progress=not args.no_progress)
     print(f"{cohort} -> {args.out}")
     return 0
 
@@ -128,17 +151,13 @@ def _value_range(text: str) -> tuple[float, float]:
 def _pack(args) -> int:
     import numpy as np
 
-    from .cohort import Cohort, CohortError
+    from .cohort import Cohort
     from .packed import pack_cohort
 
-    try:
-        source = Cohort.load(args.cohort)
-        packed = pack_cohort(source, args.out, args.dtype, margin=args.margin,
-                             value_range=args.range, overwrite=args.overwrite,
-                             progress=not args.no_progress)
-    except (FileNotFoundError, FileExistsError, ValueError, CohortError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    source = Cohort.load(args.cohort)
+    packed = pack_cohort(source, args.out, args.dtype, margin=args.margin,
+                         value_range=args.range, overwrite=args.overwrite,
+                         progress=not args.no_progress)
     store = packed.packed_store
     full = 4 * len(packed) * int(np.prod(packed.grid_shape))
     box = " x ".join(f"{a}:{b}" for a, b in store.box)
@@ -167,11 +186,18 @@ def register(subparsers) -> None:
     synth.add_argument("--grid-mm", type=float, default=6, choices=(1.5, 3, 6),
                        help="voxel size in mm (default 6)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--out", required=True, help="output cohort directory")
+    synth.add_argument("--out", required=True,
+                       help="output cohort directory (new or empty; see --overwrite)")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a cohort already in --out (any other content is never "
+                            "replaced)")
     synth.set_defaults(func=_synth)
 
-    info = sub.add_parser("info", help="describe a saved cohort")
+    info = sub.add_parser("info", help="describe a saved cohort (re-reads and checks every "
+                                       "image)")
     info.add_argument("cohort", help="cohort directory (written by Cohort.save)")
+    info.add_argument("--quick", action="store_true",
+                      help="do not re-read the images (no NaN / inf or content check)")
     info.set_defaults(func=_info)
 
     pack = sub.add_parser("pack", help="write a compact copy of a cohort for fast training "
@@ -221,6 +247,13 @@ def register(subparsers) -> None:
     imp.add_argument("--grid-mm", type=float, default=None,
                      help="resample to the MNI grid with this voxel size (e.g. 1.5, 3, 6); "
                           "default: keep the images' own (shared) grid")
+    imp.add_argument("--allow", nargs="+", default=None, metavar="CHECK",
+                     choices=SUBJECT_CHECKS + IMAGE_CHECKS,
+                     help="accept what is refused by default because it is usually a mistake: "
+                          "sex-change (a subject's sex differs between rows), age-order (age "
+                          "or years_from_baseline decreases with session), repeat-session (two "
+                          "rows share subject_id and session), constant-image (a blank image), "
+                          "intensity-range (largest voxel magnitude outside 1e-6..1e6)")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import)
 

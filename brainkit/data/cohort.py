@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .._util import atomic_path
+from ..errors import InputError, MissingFileError
 
 __all__ = [
     "COLUMNS",
@@ -32,6 +34,8 @@ __all__ = [
     "SPLITS",
     "CohortError",
     "Cohort",
+    "SUBJECT_CHECKS",
+    "check_subjects",
     "validate_table",
     "concat",
 ]
@@ -76,7 +80,7 @@ _FORMAT_VERSION = 2
 _PLAIN_FORMAT_VERSION = 1
 
 
-class CohortError(ValueError):
+class CohortError(InputError):
     """A cohort table or image array that does not follow the brainkit data model."""
 
 
@@ -162,7 +166,7 @@ def validate_table(table: pd.DataFrame, *, source: str = "table") -> pd.DataFram
     out["age"] = age
 
     years = _numeric(out, "years_from_baseline", source)
-    bad_years = np.isnan(years) | (years < 0)
+    bad_years = ~np.isfinite(years) | (years < 0)
     if bad_years.any():
         raise CohortError(
             f"{_where(out, bad_years, source)}: 'years_from_baseline' must be a number >= 0, "
@@ -193,7 +197,12 @@ def validate_table(table: pd.DataFrame, *, source: str = "table") -> pd.DataFram
 
     for column in _NUMERIC_OPTIONAL:
         if column in out:
-            out[column] = _numeric(out, column, source)
+            values = _numeric(out, column, source)
+            infinite = np.isinf(values)
+            if infinite.any():
+                raise CohortError(f"{_where(out, infinite, source)}: column {column!r} is "
+                                  "infinite (expected a finite number, or empty if unknown)")
+            out[column] = values
     if "split" in out:
         split = out["split"].astype("string")
         bad_split = (~split.isin(SPLITS)).fillna(True).to_numpy(dtype=bool)
@@ -206,6 +215,122 @@ def validate_table(table: pd.DataFrame, *, source: str = "table") -> pd.DataFram
 
     ordered = list(COLUMNS) + [c for c in out.columns if c not in COLUMNS]
     return out[ordered]
+
+
+#: The subject-level checks of :func:`check_subjects` (each can be allowed by name).
+SUBJECT_CHECKS: tuple[str, ...] = ("sex-change", "age-order", "repeat-session")
+_LISTED_SUBJECTS = 5
+
+
+def check_allow(allow, known: Sequence[str], name: str = "allow") -> frozenset[str]:
+    """Validate a collection of check names to allow (``None`` or empty: allow nothing)."""
+    if allow is None:
+        return frozenset()
+    if isinstance(allow, str):
+        allow = [allow]
+    out = frozenset(str(a) for a in allow)
+    unknown = sorted(out - set(known))
+    if unknown:
+        raise CohortError(f"{name}: unknown check(s) {unknown}; expected any of {list(known)}")
+    return out
+
+
+def _session_key(value) -> tuple:
+    """Order sessions numerically when they are numbers, else naturally (``m6 < m12``)."""
+    text = str(value).strip()
+    try:
+        return (0, float(text), ())
+    except ValueError:
+        parts = re.split(r"(\d+)", text.lower())
+        return (1, 0.0, tuple(int(p) if p.isdigit() else p for p in parts))
+
+
+def _rows(table: pd.DataFrame, positions) -> str:
+    ids = table["image_id"].astype(str).to_numpy()
+    return ", ".join(f"{p} ({ids[p]})" for p in positions[:4]) + \
+        (f" and {len(positions) - 4} more" if len(positions) > 4 else "")
+
+
+def check_subjects(table: pd.DataFrame, *, source: str = "table", allow=None) -> None:
+    """Refuse a table whose rows contradict each other about a subject.
+
+    Run at import (:func:`brainkit.data.import_nifti`), where a typo costs the least. Each
+    check can be switched off by name in ``allow`` when the data really are so.
+
+    - ``"sex-change"``: a subject's ``sex`` differs between rows;
+    - ``"age-order"``: a subject's ``age`` (or ``years_from_baseline``) decreases as
+      ``session`` increases (sessions ordered as numbers, else naturally: ``m6 < m12``);
+    - ``"repeat-session"``: two rows share a ``(subject_id, session)``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table checked by :func:`validate_table`.
+    source : str
+        How to name the table in messages (a file name).
+    allow : collection of str, optional
+        Names from :data:`SUBJECT_CHECKS` not to enforce.
+
+    Raises
+    ------
+    CohortError
+        Naming, for each failed check, up to five subjects with their rows (position and
+        image id) and values, and how to allow the case if it is right.
+    """
+    allow = check_allow(allow, SUBJECT_CHECKS)
+    t = table.reset_index(drop=True)
+    subject = t["subject_id"].astype(str)
+    key = t["session"].map(_session_key)
+    problems: list[str] = []
+
+    if "sex-change" not in allow:
+        counts = t.groupby(subject, sort=False)["sex"].nunique()
+        changed = counts.index[counts > 1]
+        for sid in changed[:_LISTED_SUBJECTS]:
+            rows = np.flatnonzero(subject.to_numpy() == sid)
+            problems.append(f"subject {sid!r} has sex {sorted(set(t['sex'].iloc[rows]))} in "
+                            f"rows {_rows(t, rows)}")
+        if len(changed):
+            more = len(changed) - _LISTED_SUBJECTS
+            problems[-1] += (f" (and {more} more subjects)" if more > 0 else "") + \
+                "; expected one sex per subject (allow with 'sex-change')"
+
+    if "repeat-session" not in allow:
+        pair = pd.DataFrame({"s": subject, "k": key.map(repr)})
+        dup = pair.duplicated(keep=False).to_numpy()
+        if dup.any():
+            groups = pair[dup].groupby(["s", "k"], sort=False).groups
+            for (sid, _), index in list(groups.items())[:_LISTED_SUBJECTS]:
+                rows = np.asarray(index)
+                problems.append(f"subject {sid!r} has {len(rows)} rows for session "
+                                f"{t['session'].iloc[rows[0]]}: rows {_rows(t, rows)}")
+            more = len(groups) - _LISTED_SUBJECTS
+            problems[-1] += (f" (and {more} more)" if more > 0 else "") + \
+                "; expected one row per (subject_id, session) (allow with 'repeat-session')"
+
+    if "age-order" not in allow:
+        order = sorted(range(len(t)), key=lambda i: (subject.iloc[i], key.iloc[i]))
+        bad_subjects: list[str] = []
+        for column in ("age", "years_from_baseline"):
+            values = t[column].to_numpy(dtype=float)
+            for a, b in zip(order, order[1:]):
+                if subject.iloc[a] != subject.iloc[b] or key.iloc[a] == key.iloc[b]:
+                    continue
+                if values[b] < values[a] - 1e-9 and subject.iloc[a] not in bad_subjects:
+                    bad_subjects.append(subject.iloc[a])
+                    if len(bad_subjects) <= _LISTED_SUBJECTS:
+                        problems.append(
+                            f"subject {subject.iloc[a]!r}: {column} goes from {values[a]:g} at "
+                            f"session {t['session'].iloc[a]} (row {_rows(t, [a])}) to "
+                            f"{values[b]:g} at session {t['session'].iloc[b]} (row "
+                            f"{_rows(t, [b])})")
+        if bad_subjects:
+            more = len(bad_subjects) - _LISTED_SUBJECTS
+            problems[-1] += (f" (and {more} more subjects)" if more > 0 else "") + \
+                "; expected age and years_from_baseline not to decrease with session " \
+                "(allow with 'age-order')"
+    if problems:
+        raise CohortError(f"{source}: " + "; ".join(problems))
 
 
 def _check_affine(affine) -> np.ndarray:
@@ -250,6 +375,9 @@ class Cohort:
         self._table = table if _validated else validate_table(table)
         self._affine = _check_affine(affine)
         self._content_hash = _hash
+        self._source: Path | None = None  # the folder it was loaded from (for messages)
+        # verify() has nothing left to do: content checked here, no recorded hash to match
+        self._verified = _hash is None and check_finite and not isinstance(images, np.memmap)
         if images is None:
             self._images = None
             return
@@ -398,20 +526,80 @@ class Cohort:
     # ------------------------------------------------------------------ identity
     @property
     def content_hash(self) -> str:
-        """SHA-256 of the table, the affine and the image bytes (computed once)."""
+        """SHA-256 of the table, the affine and the image bytes (computed once).
+
+        For a cohort read by :meth:`load` this is the hash recorded in ``cohort.json``,
+        checked against the files' sizes and modification times at load; :meth:`verify`
+        recomputes it from the bytes.
+        """
         if self._content_hash is None:
-            h = hashlib.sha256()
-            h.update(self._table.to_csv(index=False, float_format="%.10g").encode())
-            h.update(np.ascontiguousarray(self._affine, dtype=np.float64).tobytes())
-            if self.packed_store is not None:
-                self._images.update_hash(h)
-            elif self._images is not None:
-                h.update(str((self._images.shape, str(self._images.dtype))).encode())
-                step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
-                for start in range(0, len(self._images), step):
-                    h.update(np.ascontiguousarray(self._images[start:start + step]).tobytes())
-            self._content_hash = h.hexdigest()
+            self._content_hash = self._digest(check_finite=False)
         return self._content_hash
+
+    def _digest(self, *, check_finite: bool) -> str:
+        """Hash the content in one pass; with ``check_finite`` refuse NaN / inf volumes."""
+        h = hashlib.sha256()
+        h.update(self._table.to_csv(index=False, float_format="%.10g").encode())
+        h.update(np.ascontiguousarray(self._affine, dtype=np.float64).tobytes())
+        bad = np.zeros(len(self), dtype=bool)
+        if self.packed_store is not None:
+            self._images.update_hash(h)
+            data = self._images.data
+            if check_finite and np.issubdtype(data.dtype, np.floating):
+                step = max(1, (64 << 20) // max(1, data[0].nbytes))
+                for start in range(0, len(data), step):
+                    block = np.asarray(data[start:start + step])
+                    bad[start:start + len(block)] = \
+                        ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        elif self._images is not None:
+            h.update(str((self._images.shape, str(self._images.dtype))).encode())
+            step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
+            for start in range(0, len(self._images), step):
+                block = np.ascontiguousarray(self._images[start:start + step])
+                h.update(block.tobytes())
+                if check_finite:
+                    bad[start:start + len(block)] = \
+                        ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if bad.any():
+            where = self._source / (PACKED_FILE if self.packed_store is not None
+                                    else "images.npy") if self._source else "images"
+            raise CohortError(f"{_where(self._table, bad, str(where))}: volume contains NaN "
+                              "or inf (the file was changed after it was checked); restore "
+                              "or re-import the cohort")
+        return h.hexdigest()
+
+    def verify(self) -> str:
+        """Re-read every image: check it is finite and that the content is what was saved.
+
+        Reads the whole cohort once (about as long as one pass of training over it).
+        :func:`brainkit.train.fit` calls it before training or resuming, ``brainkit data
+        info`` before describing a cohort. Repeated calls on one object do nothing.
+
+        Returns
+        -------
+        str
+            The content hash, recomputed from the bytes.
+
+        Raises
+        ------
+        CohortError
+            A volume holds NaN or inf (rows named), or the bytes no longer match the content
+            hash recorded in ``cohort.json`` (a file was edited after the cohort was saved).
+        """
+        if self._verified:
+            return self.content_hash
+        actual = self._digest(check_finite=True)
+        recorded = self._content_hash
+        if recorded is not None and actual != recorded:
+            where = self._source if self._source is not None else "this cohort"
+            raise CohortError(
+                f"{where}: the content changed after the cohort was saved (content hash now "
+                f"{actual[:12]}..., cohort.json records {recorded[:12]}...): an image or table "
+                "file was edited or replaced; restore it, or save the cohort again "
+                "(Cohort.save) if the change is intended")
+        self._content_hash = actual
+        self._verified = True
+        return actual
 
     # ------------------------------------------------------------------ storage
     def save(self, directory: str | os.PathLike) -> Path:
@@ -452,6 +640,9 @@ class Cohort:
             "affine": self._affine.tolist(),
             "dtype": None if self._images is None else str(self._images.dtype),
             "content_hash": self.content_hash,
+            # sizes and modification times: Cohort.load notices a file edited afterwards
+            "files": _stamps(d, [TABLE_FILE, PACKED_FILE if packed is not None
+                                 else IMAGES_FILE if self._images is not None else None]),
         }
         if packed is not None:
             meta["store"] = "packed"
@@ -461,26 +652,59 @@ class Cohort:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, mmap: bool = True) -> Cohort:
+    def load(cls, directory: str | os.PathLike, *, mmap: bool = True,
+             verify: str = "fast") -> Cohort:
         """Read a cohort written by :meth:`save` (images memory-mapped by default; a packed
-        cohort's ``packed.npy`` likewise, see :mod:`brainkit.data.packed`)."""
+        cohort's ``packed.npy`` likewise, see :mod:`brainkit.data.packed`).
+
+        Parameters
+        ----------
+        directory : path-like
+        mmap : bool, default True
+            Memory-map the images (else read them into memory, checked for NaN / inf).
+        verify : {"fast", "full", "none"}, default "fast"
+            ``"fast"``: compare the data files' sizes and modification times with those
+            recorded by :meth:`save`; if one differs, recompute the content hash from the
+            bytes and refuse the cohort if it no longer matches (a file edited after saving).
+            ``"full"``: :meth:`verify` (read everything: hash and NaN / inf). ``"none"``:
+            trust the files.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``cohort.json`` or a data file is missing.
+        CohortError
+            Unreadable, truncated or inconsistent files, or content that changed after the
+            cohort was saved; the message names the file.
+        """
+        if verify not in ("fast", "full", "none"):
+            raise ValueError(f"verify must be 'fast', 'full' or 'none', got {verify!r}")
         d = Path(directory)
         meta_path = d / "cohort.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: {d} is not a saved brainkit cohort")
+            why = " (the folder does not exist)" if not d.exists() else ""
+            raise MissingFileError(f"{meta_path} not found: {d} is not a saved brainkit "
+                                   f"cohort{why}")
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CohortError(f"{meta_path}: not valid JSON ({err})") from None
+        if not isinstance(meta, dict):
+            raise CohortError(f"{meta_path}: not a brainkit cohort sidecar (a JSON object)")
         if meta.get("format") != "brainkit-cohort":
             raise CohortError(f"{meta_path}: not a brainkit cohort sidecar")
         if meta.get("format_version", 0) > _FORMAT_VERSION:
             raise CohortError(f"{meta_path}: format version {meta['format_version']} is newer "
                               "than this brainkit understands; upgrade brainkit")
-        table_path = d / "table.parquet"
+        table_path = d / TABLE_FILE
         if not table_path.is_file():
-            raise FileNotFoundError(f"{table_path} not found")
-        table = validate_table(pd.read_parquet(table_path), source=str(table_path))
+            raise MissingFileError(f"{table_path} not found")
+        try:
+            raw = pd.read_parquet(table_path)
+        except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... on a bad file
+            raise CohortError(f"{table_path}: unreadable parquet table, truncated or not "
+                              f"written by brainkit ({type(err).__name__}: {err})") from None
+        table = validate_table(raw, source=str(table_path))
         images = None
         if meta.get("store") == "packed":
             from .packed import PackedStore
@@ -502,8 +726,58 @@ class Cohort:
             if tuple(images.shape) != tuple(expected):
                 raise CohortError(f"{img_path}: shape {images.shape}, expected {expected} "
                                   "from cohort.json (truncated or replaced file?)")
-        return cls(table, images, meta["affine"], _validated=True, check_finite=not mmap,
-                   _hash=meta.get("content_hash"))
+        try:
+            cohort = cls(table, images, meta["affine"], _validated=True, check_finite=not mmap,
+                         _hash=meta.get("content_hash"))
+        except CohortError as err:
+            raise CohortError(f"{d}: {err}") from None
+        cohort._source = d
+        if verify == "full":
+            cohort.verify()
+        elif verify == "fast":
+            cohort._check_stamps(meta, meta_path)
+        return cohort
+
+    def _check_stamps(self, meta: dict, meta_path: Path) -> None:
+        """The fast check of :meth:`load`: a data file whose size or modification time
+        differs from the record has its content re-hashed (then the record is refreshed)."""
+        recorded = meta.get("files")
+        if not isinstance(recorded, dict) or not recorded or self._content_hash is None:
+            return  # written by an older brainkit: nothing to compare with
+        d = meta_path.parent
+        changed = [name for name, stamp in recorded.items()
+                   if _stamps(d, [name]).get(name) != stamp]
+        if not changed:
+            return
+        try:
+            self.verify()
+        except CohortError as err:
+            raise CohortError(f"{err} (changed: {', '.join(changed)})") from None
+        try:  # the same content (e.g. copied without keeping times): remember the new times
+            fresh = {**meta, "files": _stamps(d, list(recorded))}
+            _atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(fresh, indent=2)
+                                                                  + "\n"))
+        except OSError:
+            pass  # a read-only copy: checked again next time
+
+
+TABLE_FILE = "table.parquet"
+IMAGES_FILE = "images.npy"
+PACKED_FILE = "packed.npy"
+
+
+def _stamps(directory: Path, names) -> dict:
+    """``{name: {"size": bytes, "mtime_ns": ...}}`` for the files that exist."""
+    out = {}
+    for name in names:
+        if name is None:
+            continue
+        try:
+            st = os.stat(Path(directory) / name)
+        except OSError:
+            continue
+        out[name] = {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    return out
 
 
 def _atomic_write(path: Path, write) -> None:

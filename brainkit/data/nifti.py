@@ -13,7 +13,16 @@ checked before anything is written:
 
 Images are then resampled with ``nilearn.image.resample_img`` (continuous interpolation) to
 ``mni_grid(grid_mm)``; with ``grid_mm=None`` they keep their own grid, which must be shared.
-Errors list every faulty file at once, with its table row and image id.
+Each resampled volume must also look like a brain image (:func:`image_problem`): not constant
+(an all-zero volume) and with intensities of a plausible size (largest magnitude between
+1e-6 and 1e6: a volume scaled by 1e30 is refused). The table must be consistent per subject
+(:func:`brainkit.data.cohort.check_subjects`). Each of these judgements can be switched off
+by name (``allow=``, CLI ``--allow``). Errors list every faulty file at once, with its table
+row and image id.
+
+The output folder is locked while the import runs (a second import into it is refused), an
+interrupted import (SIGTERM, Ctrl-C) removes what it wrote, and leftovers of a killed one
+(``kill -9``) are recognised and replaced by the next import into that folder.
 """
 
 from __future__ import annotations
@@ -29,17 +38,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cohort import Cohort, validate_table
+from .._util import LOCK_NAME, FolderLock, SignalFlag
+from ..errors import InputError
+from .cohort import SUBJECT_CHECKS, Cohort, check_allow, check_subjects, validate_table
 from .grid import mni_grid
 
 __all__ = [
+    "IMAGE_CHECKS",
+    "INTENSITY_RANGE",
     "ImageError",
+    "ImportInterrupted",
     "VOXEL_MM_RANGE",
     "find_image",
     "read_nifti_header",
     "read_nifti",
     "affine_problem",
     "resample_volume",
+    "image_problem",
     "import_nifti",
 ]
 
@@ -52,8 +67,85 @@ _MIN_AXIS_COSINE = 0.9     # about 25 degrees
 _MAX_LISTED = 20
 
 
-class ImageError(ValueError):
+#: The image judgements of :func:`image_problem` (each can be allowed by name).
+IMAGE_CHECKS: tuple[str, ...] = ("constant-image", "intensity-range")
+#: Plausible largest voxel magnitude of a brain image (intensities or tissue probabilities).
+INTENSITY_RANGE: tuple[float, float] = (1e-6, 1e6)
+_TMP_PREFIX = ".import-"
+
+
+class ImageError(InputError):
     """One or more images that cannot be used; the message names each file."""
+
+
+class ImportInterrupted(RuntimeError):
+    """An import stopped on SIGTERM / SIGINT; what it had written was removed.
+
+    Attributes
+    ----------
+    signal_number : int
+    """
+
+    def __init__(self, signal_number: int, out):
+        import signal
+
+        self.signal_number = signal_number
+        super().__init__(f"import interrupted by {signal.Signals(signal_number).name}; "
+                         f"nothing was kept in {out}: run the same command again")
+
+
+def image_problem(volume: np.ndarray, allow=None) -> str | None:
+    """Why a finite volume does not look like a brain image, or None if it does.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+    allow : collection of str, optional
+        Names from :data:`IMAGE_CHECKS` not to enforce: ``"constant-image"`` (every voxel
+        has one value, e.g. an all-zero image), ``"intensity-range"`` (the largest
+        magnitude is outside :data:`INTENSITY_RANGE`, e.g. a volume scaled by 1e30).
+
+    Returns
+    -------
+    str or None
+    """
+    allow = check_allow(allow, IMAGE_CHECKS)
+    lo, hi = float(np.min(volume)), float(np.max(volume))
+    if lo == hi:
+        if "constant-image" in allow:
+            return None
+        return (f"every voxel is {lo:g}: a blank image, not a brain (allow with "
+                "'constant-image' if that is right)")
+    biggest = max(abs(lo), abs(hi))
+    low, high = INTENSITY_RANGE
+    if "intensity-range" not in allow and not low <= biggest <= high:
+        return (f"voxel values span [{lo:.3g}, {hi:.3g}]: the largest magnitude is outside the "
+                f"plausible {low:g}..{high:g}, the image looks mis-scaled (check the header's "
+                "scl_slope, or rescale it; allow with 'intensity-range' if that is right)")
+    return None
+
+
+def _check_image_id(image_id: str) -> str | None:
+    """Why an image id cannot name a file in the images folder, or None."""
+    if image_id in ("", ".", "..") or any(c in image_id for c in ("/", "\\", "\0")):
+        return (f"image_id {image_id!r} cannot be a file name in the images folder (no path "
+                "separators, not '.' or '..')")
+    return None
+
+
+def _leftovers(out: Path) -> list[Path] | None:
+    """The files in ``out`` if they are all leftovers of an interrupted brainkit import
+    (its lock file, temporary files, and a save cut short before ``cohort.json``);
+    ``None`` if ``out`` holds anything else."""
+    entries = list(out.iterdir())
+    if (out / "cohort.json").exists():
+        return None
+    ours = [p for p in entries if p.name == LOCK_NAME or p.name.startswith(_TMP_PREFIX)
+            or (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    saved = [p for p in entries if p.name in ("table.parquet", "images.npy")]
+    if len(ours) + len(saved) != len(entries) or (saved and not ours):
+        return None
+    return entries
 
 
 def find_image(images_dir: str | os.PathLike, image_id: str) -> Path | None:
@@ -248,50 +340,89 @@ def _row_label(table: pd.DataFrame, i: int) -> str:
     return f"row {i} (image_id {table['image_id'].iloc[i]})"
 
 
+def check_out_folder(out: str | os.PathLike) -> None:
+    """Refuse an output folder that holds anything but an interrupted import's leftovers.
+
+    Raises
+    ------
+    InputError
+        ``out`` is a file, or a folder holding a cohort or other files (a ``ValueError``).
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir() or _leftovers(out) is None:
+        raise InputError(f"out: {str(out)!r} already exists and is not an empty folder; "
+                         "choose a new folder for the cohort")
+
+
 def _fill_cohort(table: pd.DataFrame, shape: tuple[int, int, int], affine: np.ndarray,
                  produce: Callable[[int], np.ndarray], out: str | os.PathLike | None, *,
-                 progress: bool, desc: str) -> Cohort:
+                 progress: bool, desc: str, allow=None) -> Cohort:
     """Make a cohort whose image ``i`` is ``produce(i)`` (float32, ``shape``).
 
     With ``out`` the images go to a memory-mapped file inside ``out`` (bounded memory), the
     cohort is saved there and returned memory-mapped; otherwise they stay in memory.
-    ``produce`` raises :class:`ImageError` for a bad image: all of them are collected and
-    reported together, and nothing is left behind in ``out``.
+    ``produce`` raises :class:`ImageError` for a bad image, and every volume is checked by
+    :func:`image_problem` (``allow``): all problems are collected and reported together, and
+    nothing is left behind in ``out``. With ``out``, the folder is locked for the whole
+    import (:class:`brainkit._util.FolderLock`), leftovers of a killed import are replaced,
+    and SIGTERM / SIGINT stop the import cleanly (:class:`ImportInterrupted`).
     """
     from tqdm import tqdm
 
+    allow = check_allow(allow, IMAGE_CHECKS)
     n = len(table)
     created = False
     tmp_path = None
+    lock = None
     if out is not None:
         out = Path(out)
         created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=out, prefix=".import-", suffix=".npy")
-        os.close(fd)
-        images = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32,
-                                           shape=(n, *shape))
-    else:
-        images = np.empty((n, *shape), dtype=np.float32)
-    problems: list[str] = []
+        check_out_folder(out)
+        lock = FolderLock(out, what="cohort import", remove=True).acquire()
     try:
-        for i in tqdm(range(n), desc=desc, unit="image", disable=not progress):
-            try:
-                volume = produce(i)
-            except ImageError as err:
-                problems.append(f"{_row_label(table, i)}: {err}")
-                continue
-            if volume.shape != tuple(shape):
-                problems.append(f"{_row_label(table, i)}: volume of shape {volume.shape}, "
-                                f"expected {tuple(shape)}")
-                continue
-            images[i] = volume
-        if problems:
-            raise ImageError(_listing(problems, "unusable image(s)"))
-        if out is None:
-            return Cohort(table, images, affine, check_finite=False)
-        images.flush()
-        Cohort(table, images, affine, check_finite=False).save(out)
+        if out is not None:
+            for leftover in _leftovers(out) or []:
+                if leftover.name != LOCK_NAME:
+                    warnings.warn(f"{out}: removing {leftover.name}, left by an interrupted "
+                                  "import", stacklevel=3)
+                    leftover.unlink()
+            fd, tmp_path = tempfile.mkstemp(dir=out, prefix=_TMP_PREFIX, suffix=".npy")
+            os.close(fd)
+            images = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32,
+                                               shape=(n, *shape))
+        else:
+            images = np.empty((n, *shape), dtype=np.float32)
+        problems: list[str] = []
+        with SignalFlag(out is not None) as guard:
+            for i in tqdm(range(n), desc=desc, unit="image", disable=not progress):
+                if guard.signum is not None:
+                    raise ImportInterrupted(guard.signum, out)
+                try:
+                    volume = produce(i)
+                except ImageError as err:
+                    problems.append(f"{_row_label(table, i)}: {err}")
+                    continue
+                if volume.shape != tuple(shape):
+                    problems.append(f"{_row_label(table, i)}: volume of shape {volume.shape}, "
+                                    f"expected {tuple(shape)}")
+                    continue
+                reason = image_problem(volume, allow)
+                if reason is not None:
+                    source = table["path"].iloc[i] if "path" in table else None
+                    problems.append(f"{_row_label(table, i)}: "
+                                    + (f"{source}: " if source else "") + reason)
+                    continue
+                images[i] = volume
+            if problems:
+                raise ImageError(_listing(problems, "unusable image(s)"))
+            if out is None:
+                return Cohort(table, images, affine, check_finite=False)
+            images.flush()
+            Cohort(table, images, affine, check_finite=False).save(out)
+            if guard.signum is not None:
+                raise ImportInterrupted(guard.signum, out)
         images = None
         os.unlink(tmp_path)
         tmp_path = None
@@ -300,13 +431,21 @@ def _fill_cohort(table: pd.DataFrame, shape: tuple[int, int, int], affine: np.nd
         images = None
         if tmp_path is not None and os.path.exists(tmp_path):
             os.unlink(tmp_path)
-        if created and out is not None and out.exists():
-            shutil.rmtree(out)
+        if out is not None and out.exists():
+            if created:
+                shutil.rmtree(out)
+            else:  # the user's folder: remove only what this import wrote
+                for name in ("cohort.json", "table.parquet", "images.npy"):
+                    if (out / name).exists():
+                        (out / name).unlink()
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
-                 grid_mm: float | None = None, *, progress: bool = True) -> Cohort:
+                 grid_mm: float | None = None, *, allow=None, progress: bool = True) -> Cohort:
     """Import a folder of NIfTI images and their table as a brainkit cohort.
 
     Parameters
@@ -318,10 +457,16 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
         Folder holding ``{image_id}.nii`` or ``{image_id}.nii.gz`` for every row. Files that
         match no row are ignored with a warning.
     out : path-like
-        New (or empty) folder for the cohort (:meth:`Cohort.save` layout).
+        New (or empty) folder for the cohort (:meth:`Cohort.save` layout). It is locked
+        while the import runs; leftovers of an interrupted import into it are replaced.
     grid_mm : float, optional
         Resample every image to ``mni_grid(grid_mm)`` (continuous interpolation). ``None``
         keeps the images' own grid, which must then be the same for all images.
+    allow : collection of str, optional
+        Judgements not to enforce, by name: the table checks of
+        :func:`brainkit.data.cohort.check_subjects` (``"sex-change"``, ``"age-order"``,
+        ``"repeat-session"``) and the image checks of :func:`image_problem`
+        (``"constant-image"``, ``"intensity-range"``). By default all are enforced.
     progress : bool, default True
         Show a tqdm progress bar.
 
@@ -337,11 +482,18 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
         ``images_dir`` does not exist.
     ValueError
         ``out`` exists and is not empty.
+    FolderLockedError
+        Another import is writing into ``out``.
     CohortError
-        Table problems (missing columns, duplicate or missing ids, ...): rows are named.
+        Table problems (missing columns, duplicate or missing ids, a subject whose sex
+        changes, whose age decreases with session, or with a repeated session, ...): rows
+        are named.
     ImageError
-        Missing, unreadable, truncated, 4-D, non-finite or implausibly-labelled images, or
-        different grids with ``grid_mm=None``: every faulty file is named with its row.
+        Missing, unreadable, truncated, 4-D, non-finite, blank, mis-scaled or
+        implausibly-labelled images, or different grids with ``grid_mm=None``: every faulty
+        file is named with its row.
+    ImportInterrupted
+        SIGTERM / SIGINT during the import (nothing is kept in ``out``).
 
     Examples
     --------
@@ -351,23 +503,32 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
     """
     from .realdata import read_table
 
+    allow = check_allow(allow, SUBJECT_CHECKS + IMAGE_CHECKS)
     if isinstance(table, pd.DataFrame):
-        table = validate_table(table, source="table")
+        source = "table"
+        table = validate_table(table, source=source)
     else:
+        source = str(table)
         table = read_table(table)
+    check_subjects(table, source=source, allow=allow & set(SUBJECT_CHECKS))
     folder = Path(images_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"images folder {str(folder)!r} does not exist")
+        from ..errors import MissingFileError
+
+        raise MissingFileError(f"images folder {str(folder)!r} does not exist")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"out: {str(out)!r} already exists and is not an empty folder; choose "
-                         "a new folder for the cohort")
+    check_out_folder(out)
     target = None if grid_mm is None else mni_grid(grid_mm)
 
     # 1. every row has one file
     paths: list[Path] = []
     problems: list[str] = []
     for i, image_id in enumerate(table["image_id"]):
+        reason = _check_image_id(image_id)
+        if reason is not None:
+            problems.append(f"{_row_label(table, i)}: {reason}")
+            paths.append(None)
+            continue
         try:
             found = find_image(folder, image_id)
         except ImageError as err:
@@ -426,4 +587,4 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
         return resample_volume(data, affine, shape, target_affine)
 
     return _fill_cohort(table, shape, target_affine, produce, out, progress=progress,
-                        desc="import")
+                        desc="import", allow=allow & set(IMAGE_CHECKS))

@@ -106,10 +106,10 @@ def openbhb_table(participants_tsv) -> pd.DataFrame:
     if isinstance(participants_tsv, pd.DataFrame):
         raw, source = participants_tsv.reset_index(drop=True), "participants table"
     else:
-        path = Path(participants_tsv)
-        if not path.is_file():
-            raise FileNotFoundError(f"OpenBHB participants table {str(path)!r} does not exist")
-        raw, source = pd.read_csv(path, sep="\t"), str(path)
+        from .realdata import read_delimited
+
+        raw = read_delimited(participants_tsv, what="OpenBHB participants table")
+        source = str(participants_tsv)
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
         raise CohortError(f"{source}: missing column(s) {missing}; OpenBHB's participants.tsv "
@@ -344,7 +344,13 @@ def load_openbhb(root: str | os.PathLike, *, splits=None, grid_mm: float | None 
     def produce(i: int) -> np.ndarray:
         return resample_volume(_read_vbm(paths[i]), OPENBHB_AFFINE, shape, affine)
 
-    return _fill_cohort(table, shape, affine, produce, out, progress=progress, desc="openbhb")
+    return _fill_cohort(table, shape, affine, produce, out, progress=progress, desc="openbhb",
+                        allow=_CURATED)
+
+
+#: OpenBHB's images are curated CAT12 grey-matter maps: the blank / mis-scaled image checks
+#: of a bring-your-own import (brainkit.data.nifti.image_problem) are not applied to them.
+_CURATED = ("constant-image", "intensity-range")
 
 
 def load_openbhb_flat(npy: str | os.PathLike, tsv: str | os.PathLike, mask, *,
@@ -404,4 +410,5 @@ def load_openbhb_flat(npy: str | os.PathLike, tsv: str | os.PathLike, mask, *,
             raise ImageError(f"{npy}: row {i} has {int(bad.sum())} NaN or infinite values")
         return resample_volume(volume, OPENBHB_AFFINE, shape, affine)
 
-    return _fill_cohort(table, shape, affine, produce, out, progress=progress, desc="openbhb")
+    return _fill_cohort(table, shape, affine, produce, out, progress=progress, desc="openbhb",
+                        allow=_CURATED)

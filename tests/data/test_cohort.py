@@ -206,3 +206,79 @@ def test_table_only_cohort_and_concat():
     np.testing.assert_array_equal(both.images([6]), b.images([0]))
     with pytest.raises(CohortError, match="duplicate image_id"):
         concat([a, a])
+
+
+# --------------------------------------------------------------------------- content checks
+def _edit_images(d, edit, keep_times=False):
+    """Change images.npy in place (same shape and dtype), optionally keeping its times."""
+    import os
+
+    path = d / "images.npy"
+    st = os.stat(path)
+    arr = np.load(path, mmap_mode="r+")
+    edit(arr)
+    arr.flush()
+    del arr
+    if keep_times:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_load_refuses_images_edited_after_saving(tmp_path):
+    d = Cohort(make_table(), make_images(), AFFINE).save(tmp_path / "c")
+    _edit_images(d, lambda a: a.__setitem__((2, 0, 0, 0), 5.0))
+    with pytest.raises(CohortError, match=r"content changed after the cohort was saved .*"
+                                          r"\(changed: images.npy\)"):
+        Cohort.load(d)
+
+
+def test_load_accepts_a_copy_whose_times_changed(tmp_path):
+    import os
+
+    cohort = Cohort(make_table(), make_images(), AFFINE)
+    d = cohort.save(tmp_path / "c")
+    os.utime(d / "images.npy", ns=(1, 1))  # e.g. copied without keeping times
+    assert Cohort.load(d).content_hash == cohort.content_hash
+    stamps = json.loads((d / "cohort.json").read_text())["files"]
+    assert stamps["images.npy"]["mtime_ns"] == 1, "the record follows the verified copy"
+
+
+def test_verify_finds_nan_written_behind_the_fast_check(tmp_path):
+    # NaN written into images.npy with its times restored: only a full read can see it
+    d = Cohort(make_table(), make_images(), AFFINE).save(tmp_path / "c")
+    _edit_images(d, lambda a: a.__setitem__((3, 1, 1, 1), np.nan), keep_times=True)
+    loaded = Cohort.load(d)  # the fast check trusts sizes and times
+    with pytest.raises(CohortError, match=r"images.npy: row 3 \(img-3\): volume contains NaN"):
+        loaded.verify()
+    with pytest.raises(CohortError, match=r"row 3 \(img-3\)"):
+        Cohort.load(d, verify="full")
+
+
+def test_verify_finds_a_same_size_edit_behind_the_fast_check(tmp_path):
+    d = Cohort(make_table(), make_images(), AFFINE).save(tmp_path / "c")
+    _edit_images(d, lambda a: a.__setitem__((0, 0, 0, 0), 0.5), keep_times=True)
+    with pytest.raises(CohortError, match="content changed after the cohort was saved"):
+        Cohort.load(d).verify()
+
+
+def test_a_truncated_table_parquet_is_named(tmp_path):
+    d = Cohort(make_table(), make_images(), AFFINE).save(tmp_path / "c")
+    data = (d / "table.parquet").read_bytes()
+    (d / "table.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CohortError, match=r"table.parquet: unreadable parquet table"):
+        Cohort.load(d)
+
+
+def test_a_truncated_cohort_json_is_named(tmp_path):
+    d = Cohort(make_table(), make_images(), AFFINE).save(tmp_path / "c")
+    text = (d / "cohort.json").read_text()
+    (d / "cohort.json").write_text(text[: len(text) // 2])
+    with pytest.raises(CohortError, match=r"cohort.json: not valid JSON"):
+        Cohort.load(d)
+
+
+@pytest.mark.parametrize("column", ["years_from_baseline", "tiv"])
+def test_infinite_numbers_in_the_table_are_refused(column):
+    values = np.zeros(6)
+    values[4] = np.inf
+    with pytest.raises(CohortError, match=rf"row 4 \(img-4\): .*{column}"):
+        validate_table(make_table(**{column: values}))

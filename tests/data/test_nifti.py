@@ -240,8 +240,9 @@ def test_cli_cohort_import(folder, tmp_path, capsys):
     rc = main(["cohort", "import", str(table), "--images", str(folder), "--out",
                str(tmp_path / "out2"), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1
-    assert "error:" in err and "row 1 (image_id b)" in err and "b.nii" in err
+    assert rc == 2, "a user mistake: one message, exit 2"
+    assert err.startswith("brainkit cohort import: error: ") and "Traceback" not in err
+    assert "row 1 (image_id b)" in err and "b.nii" in err
 
 
 # --------------------------------------------------------------------------- real images
@@ -271,3 +272,161 @@ def test_import_the_48_oasis1_images_at_4mm(shared_data, tmp_path):
     i = int(np.flatnonzero(cohort.table["image_id"] == "OAS1_0035_MR1")[0])
     np.testing.assert_allclose(cohort.images([i])[0], original[::2, ::2, ::2], atol=1e-4)
     assert Cohort.load(tmp_path / "oasis1_4mm").content_hash == cohort.content_hash
+
+
+# --------------------------------------------------------------------------- reliability
+def test_numeric_looking_ids_keep_their_leading_zeros(tmp_path):
+    # 001, 0001 and 01 are three images of three subjects, not one subject "1"
+    d = tmp_path / "images"
+    d.mkdir()
+    ids = ["001", "0001", "01"]
+    for i, name in enumerate(ids):
+        _write(d / f"{name}.nii.gz", _volume(i))
+    table = _table(ids).assign(subject_id=ids)
+    table.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    cohort = import_nifti(tmp_path / "t.tsv", d, tmp_path / "out", progress=False)
+    assert cohort.table["image_id"].tolist() == ids
+    assert cohort.table["subject_id"].nunique() == 3
+    assert Cohort.load(tmp_path / "out").table["image_id"].tolist() == ids
+    (d / "0001.nii.gz").unlink()
+    with pytest.raises(ImageError, match=r"row 1 \(image_id 0001\): no 0001.nii.gz or 0001.nii"):
+        import_nifti(tmp_path / "t.tsv", d, tmp_path / "out2", progress=False)
+
+
+def _longitudinal(folder, **changes):
+    """Images a, b, c as three sessions of one subject (ages 60, 61, 62)."""
+    table = _table(["a", "b", "c"]).assign(subject_id="s0", session=[1, 2, 3], sex="F",
+                                           age=[60.0, 61.0, 62.0],
+                                           years_from_baseline=[0.0, 1.0, 2.0])
+    for column, (row, value) in changes.items():
+        table.loc[row, column] = value
+    return table
+
+
+@pytest.mark.parametrize("change, check, message", [
+    ({"sex": (1, "M")}, "sex-change",
+     r"subject 's0' has sex \['F', 'M'\] in rows 0 \(a\), 1 \(b\), 2 \(c\)"),
+    ({"age": (2, 59.0)}, "age-order",
+     r"subject 's0': age goes from 61 at session 2 \(row 1 \(b\)\) to 59 at session 3"),
+    ({"years_from_baseline": (1, 3.0)}, "age-order", r"years_from_baseline goes from 3"),
+    ({"session": (2, 2)}, "repeat-session",
+     r"subject 's0' has 2 rows for session 2: rows 1 \(b\), 2 \(c\)"),
+])
+def test_subject_contradictions_are_refused_unless_allowed(folder, tmp_path, change, check,
+                                                           message):
+    table = _longitudinal(folder, **change)
+    with pytest.raises(CohortError, match=message) as err:
+        import_nifti(table, folder, tmp_path / "out", progress=False)
+    assert f"allow with '{check}'" in str(err.value)
+    assert not (tmp_path / "out").exists()
+    cohort = import_nifti(table, folder, tmp_path / "out", allow=[check], progress=False)
+    assert len(cohort) == 3
+
+
+def test_consistent_longitudinal_table_imports(folder, tmp_path):
+    assert len(import_nifti(_longitudinal(folder), folder, tmp_path / "out",
+                            progress=False)) == 3
+
+
+@pytest.mark.parametrize("volume, check, message", [
+    (np.zeros(SHAPE8, np.float32), "constant-image", "every voxel is 0: a blank image"),
+    (_volume(1) * np.float32(1e30), "intensity-range", r"voxel values span \[.*e\+30\]"),
+    (_volume(1) * np.float32(1e-9), "intensity-range", "looks mis-scaled"),
+])
+def test_blank_or_misscaled_images_are_refused_unless_allowed(folder, tmp_path, volume, check,
+                                                              message):
+    _write(folder / "b.nii", volume)
+    with pytest.raises(ImageError, match=message) as err:
+        import_nifti(_table(["a", "b", "c"]), folder, tmp_path / "out", progress=False)
+    assert "row 1 (image_id b)" in str(err.value) and "b.nii" in str(err.value)
+    assert f"allow with '{check}'" in str(err.value)
+    assert not (tmp_path / "out").exists()
+    cohort = import_nifti(_table(["a", "b", "c"]), folder, tmp_path / "out", allow=[check],
+                          progress=False)
+    np.testing.assert_array_equal(cohort.images([1])[0], volume)
+
+
+def test_unknown_allow_names_are_refused(folder, tmp_path):
+    with pytest.raises(CohortError, match=r"unknown check\(s\) \['sex'\]"):
+        import_nifti(_table(["a"]), folder, tmp_path / "out", allow=["sex"], progress=False)
+
+
+@pytest.mark.parametrize("image_id", ["../b", "..", "sub/b"])
+def test_image_ids_that_are_paths_are_refused(folder, tmp_path, image_id):
+    (folder / "sub").mkdir()
+    _write(folder / "sub" / "b.nii", _volume(1))
+    with pytest.raises(ImageError, match="cannot be a file name in the images folder"):
+        import_nifti(_table(["a", image_id]), folder, tmp_path / "out", progress=False)
+
+
+def test_sigterm_during_import_removes_what_it_wrote(folder, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from brainkit.data import nifti
+
+    real = nifti.read_nifti
+    calls = []
+
+    def read_then_signal(path):
+        calls.append(path)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded by the import, not fatal
+        return real(path)
+
+    monkeypatch.setattr(nifti, "read_nifti", read_then_signal)
+    out = tmp_path / "out"
+    out.mkdir()  # the user's own (empty) folder: kept, but emptied
+    with pytest.raises(nifti.ImportInterrupted, match="interrupted by SIGTERM"):
+        import_nifti(_table(["a", "b", "c"]), folder, out, progress=False)
+    assert len(calls) == 2, "stopped at the next image"
+    assert out.is_dir() and list(out.iterdir()) == []
+    monkeypatch.setattr(nifti, "read_nifti", real)
+    assert len(import_nifti(_table(["a", "b", "c"]), folder, out, progress=False)) == 3
+
+
+def test_rerun_replaces_the_leftovers_of_a_killed_import(folder, tmp_path):
+    # what kill -9 leaves: the lock file, the hidden image file, a save cut short
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".brainkit.lock").write_text("12345 host 2024-01-01T00:00:00\n")
+    (out / ".import-k2j3h4.npy").write_bytes(b"\0" * 4096)
+    (out / "table.parquet").write_bytes(b"half a table")
+    with pytest.warns(UserWarning, match="left by an interrupted import"):
+        cohort = import_nifti(_table(["a", "b", "c"]), folder, out, progress=False)
+    assert len(cohort) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.json", "images.npy",
+                                                     "table.parquet"]
+
+
+def test_leftovers_beside_a_cohort_or_user_files_are_not_touched(folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".import-k2j3h4.npy").write_bytes(b"\0")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        import_nifti(_table(["a"]), folder, out, progress=False)
+    assert (out / "notes.txt").read_text() == "mine" and (out / ".import-k2j3h4.npy").exists()
+
+
+def test_a_second_import_into_a_folder_in_use_is_refused(folder, tmp_path):
+    from brainkit._util import FolderLock
+    from brainkit.errors import FolderLockedError
+
+    out = tmp_path / "out"
+    with FolderLock(out, what="cohort import", remove=True):  # another import holds it
+        with pytest.raises(FolderLockedError, match=r"in use by another cohort import \(pid "):
+            import_nifti(_table(["a", "b", "c"]), folder, out, progress=False)
+    assert len(import_nifti(_table(["a", "b", "c"]), folder, out, progress=False)) == 3
+
+
+def test_cli_import_allow_and_one_line_errors(folder, tmp_path, capsys):
+    table = tmp_path / "t.tsv"
+    _longitudinal(folder, sex=(1, "M")).to_csv(table, sep="\t", index=False)
+    args = ["cohort", "import", str(table), "--images", str(folder), "--out",
+            str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("brainkit cohort import: error: ") and "sex-change" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main([*args, "--allow", "sex-change"]) == 0

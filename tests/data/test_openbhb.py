@@ -245,4 +245,4 @@ def test_cli_cohort_openbhb(download, tmp_path, capsys):
     assert cohort.grid_shape == mni_grid(6)[0] and set(cohort.table["split"]) == {
         "train", "internal_test"}
     rc = main(["cohort", "openbhb", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")])
-    assert rc == 1 and "participants.tsv not found" in capsys.readouterr().err
+    assert rc == 2 and "participants.tsv not found" in capsys.readouterr().err

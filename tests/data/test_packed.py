@@ -349,7 +349,7 @@ def test_cli_pack(tmp_path, capsys):
     assert np.abs(packed.images() - images).max() <= packed.packed_store.max_error * (1 + 1e-5)
     code = brainkit_main(["data", "pack", str(tmp_path / "c"), "--out", str(tmp_path / "p"),
                           "--dtype", "float16", "--no-progress"])
-    assert code == 1 and "already holds a cohort" in capsys.readouterr().err
+    assert code == 2 and "already holds a cohort" in capsys.readouterr().err
     code = brainkit_main(["data", "pack", str(tmp_path / "c"), "--out", str(tmp_path / "p"),
                           "--dtype", "float16", "--margin", "0", "--overwrite",
                           "--no-progress"])
