@@ -45,7 +45,8 @@ def check_int(name: str, value: int, minimum: int) -> int:
 
 
 def prepare_inputs(
-    z: torch.Tensor, y: torch.Tensor, *, loss: str, multidim_labels: bool = False
+    z: torch.Tensor, y: torch.Tensor, *, loss: str, multidim_labels: bool = False,
+    temperature: float | None = None, distance: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``z`` (N, D) and ``y`` (N,) and bring them to the loss's compute precision.
 
@@ -53,12 +54,19 @@ def prepare_inputs(
     keep a float32 / float64 dtype (kernels are computed in it), half-precision labels become
     float32 and integer / boolean labels take the compute dtype of ``z``.
 
+    With ``temperature``, ``z`` must also be small enough that the similarities
+    ``<z_n, z_m> / temperature`` (or, with ``distance``, ``||z_n - z_m|| / temperature``)
+    cannot overflow the compute dtype: every later step of the losses is then finite, value
+    and gradient. The bound used is ``D max|z|^2 / temperature`` (``2 sqrt(D) max|z| /
+    temperature``), at most a quarter of the dtype's largest number.
+
     Raises
     ------
     TypeError
         If ``z`` or ``y`` is not a tensor, or ``z`` is not floating point.
     ValueError
-        On a shape mismatch, an empty batch, different devices, or a NaN / infinite value.
+        On a shape mismatch, an empty batch, different devices, a NaN / infinite value, or
+        ``z`` so large that its similarities would overflow.
     """
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"{loss}: z must be a torch.Tensor of shape (N, D), got {type(z).__name__}")
@@ -90,10 +98,22 @@ def prepare_inputs(
             y = y.float()
     else:
         y = y.to(z.dtype)
-    if not bool(torch.isfinite(z).all()):
+    z_max = float(z.detach().abs().amax())  # NaN propagates: one check for NaN and inf
+    if not math.isfinite(z_max):
         raise ValueError(f"{loss}: z contains NaN or infinite values")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"{loss}: y contains NaN or infinite values")
+    if temperature is not None:
+        dim = z.shape[1]
+        bound = (2.0 * math.sqrt(dim) * z_max if distance else dim * z_max * z_max) / temperature
+        if not bound <= torch.finfo(z.dtype).max / 4:
+            what = "||z_n - z_m||" if distance else "<z_n, z_m>"
+            raise ValueError(
+                f"{loss}: z has values up to {z_max:.3g}, so {what} / temperature could overflow "
+                f"{z.dtype}; "
+                + ("scale the features down" if distance else
+                   "the kernelised losses expect L2-normalised z (the projection head's output)")
+            )
     return z, y
 
 
@@ -124,6 +144,63 @@ def label_weights(kernel: Callable[[torch.Tensor], torch.Tensor], y: torch.Tenso
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError(f"{loss}: the kernel returned negative, NaN or infinite weights")
     return w
+
+
+def label_log_weights(kernel: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+                      w: torch.Tensor) -> torch.Tensor:
+    """``log W[n, m]``, shape (N, N), in the dtype of ``y``, ``-inf`` exactly where ``w == 0``.
+
+    A named kernel (with a ``log`` method, :class:`brainkit.losses.kernels.Kernel`) gives
+    its log directly, so weights that are tiny (subnormal) keep their full precision;
+    another callable gives ``log(w)``. The zero pattern is that of ``w``, so which weights
+    count (and which anchors have positives) does not change.
+    """
+    log = getattr(kernel, "log", None)
+    if callable(log):
+        log_w = log(y[:, None] - y[None, :]).to(w.dtype)
+    else:
+        with torch.no_grad():
+            log_w = torch.log(w)
+    return log_w.masked_fill(w == 0, -math.inf)
+
+
+def normalised_weights(log_w: torch.Tensor, mask: torch.Tensor, dim: int | None = 1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W / sum W`` over ``mask`` (per row, or over everything with ``dim=None``), computed
+    in log space: finite, in [0, 1], and summing to 1 even when every weight underflows.
+
+    Dividing by a sum of subnormal weights overflows in the backward pass (the gradient of
+    ``a / s`` holds ``1 / s``); a softmax of the log weights never does.
+
+    Parameters
+    ----------
+    log_w : torch.Tensor of shape (N, M)
+        ``-inf`` for zero weights.
+    mask : torch.Tensor of bool, shape (N, M)
+        Entries that take part.
+    dim : int or None, default 1
+        Normalise each row (1) or the whole matrix (None).
+
+    Returns
+    -------
+    p : torch.Tensor of shape (N, M), dtype of ``log_w``
+        The normalised weights, 0 outside ``mask`` and in rows (or a matrix) with no
+        positive weight.
+    has : torch.Tensor of bool, shape (N,) (or a scalar for ``dim=None``)
+        Whether there is a positive weight to normalise.
+    """
+    x = log_w.masked_fill(~mask, -math.inf)
+    if dim is None:
+        total = torch.logsumexp(x.reshape(-1), dim=0)
+        has = torch.isfinite(total)
+        safe = torch.where(has, total, torch.zeros_like(total))
+        p = torch.exp(x - safe)
+        return torch.where(has, p, torch.zeros_like(p)), has
+    total = torch.logsumexp(x, dim=dim, keepdim=True)
+    has = torch.isfinite(total)
+    safe = torch.where(has, total, torch.zeros_like(total))
+    p = torch.exp(x - safe)
+    return torch.where(has, p, torch.zeros_like(p)), has.squeeze(dim)
 
 
 def masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,10 @@ from brainkit.losses._base import (
     check_choice,
     check_int,
     check_positive,
+    label_log_weights,
     label_weights,
     masked_logsumexp,
+    normalised_weights,
     prepare_inputs,
 )
 from brainkit.losses.kernels import get_kernel
@@ -201,10 +203,11 @@ class AdapNLoss(nn.Module):
         -------
         torch.Tensor, scalar
         """
-        z, y = prepare_inputs(z, y, loss="AdapNLoss")
+        z, y = prepare_inputs(z, y, loss="AdapNLoss", temperature=self.temperature)
         with autocast_disabled(z.device):
-            w = label_weights(self.kernel_fn, y, loss="AdapNLoss").to(z.dtype)
-            return self._loss(z, w)
+            w_label = label_weights(self.kernel_fn, y, loss="AdapNLoss")
+            log_w = label_log_weights(self.kernel_fn, y, w_label)
+            return self._loss(z, w_label.to(z.dtype), log_w)
 
     def neighbourhood_mask(self, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Boolean (N, N) mask of ``Nb_n`` without the anchor (``m in Nb_n, m != n``).
@@ -232,14 +235,14 @@ class AdapNLoss(nn.Module):
             mask.scatter_(1, idx, True)
         return mask & ~eye
 
-    def _loss(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _loss(self, z: torch.Tensor, w: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
         sim = z @ z.T / self.temperature
         logits = sim - sim.max(dim=1, keepdim=True).values.detach()
         nb = self.neighbourhood_mask(z, logits)
         log_u, has = masked_logsumexp(logits * (1.0 - w), nb)
-        pos = w.masked_fill(torch.eye(z.shape[0], dtype=torch.bool, device=z.device), 0.0)
-        pos = pos * has[:, None].to(pos.dtype)
-        total = pos.sum()
-        total = torch.where(total > 0, total, torch.ones_like(total))
-        numerator = (pos * (logits - log_u[:, None])).sum()
-        return -(self.temperature / self.base_temperature) * numerator / total
+        off = ~torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+        # W / sum W over every pair, in log space (finite even when all weights underflow)
+        pos, _ = normalised_weights(log_w.to(torch.promote_types(log_w.dtype, z.dtype)),
+                                    off & has[:, None], dim=None)
+        return -(self.temperature / self.base_temperature) * \
+            (pos.to(z.dtype) * (logits - log_u[:, None])).sum()

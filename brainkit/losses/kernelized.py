@@ -31,7 +31,12 @@ The loss is the mean of ``l_n`` over anchors. Anchors without positives
 with no anchor left the loss is exactly 0 with a zero gradient.
 
 All the bodies run with autocast disabled, in float32 (for float32 / float16 / bfloat16
-``z``) or float64 (for float64 ``z``). Kernels are evaluated in the dtype of ``y``.
+``z``) or float64 (for float64 ``z``). Kernels are evaluated in the dtype of ``y``. The
+normalised positive weights ``P[n, m] / sum_t P[n, t]`` are computed in log space (a
+softmax of ``log K``, :func:`brainkit.losses.kernels.log_kernel`): when an anchor's weights
+are all tiny (float32, sigma 5, ages 20 and 88: ``K = exp(-92.5)``, subnormal) the division
+by their sum would overflow in the backward pass and give NaN gradients; the log-space form
+keeps value and gradient finite for every finite input.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ from brainkit.losses._base import (
     autocast_disabled,
     check_choice,
     check_positive,
+    label_log_weights,
     label_weights,
     masked_logsumexp,
     mean_over_valid,
+    normalised_weights,
     prepare_inputs,
     sort_with_strict_rank,
 )
@@ -104,19 +111,27 @@ class _KernelisedLoss(nn.Module):
             float32 (float64 when ``z`` is float64).
         """
         name = type(self).__name__
-        z, y = prepare_inputs(z, y, loss=name)
+        z, y = prepare_inputs(z, y, loss=name, temperature=self.temperature)
         with autocast_disabled(z.device):
             w_label = label_weights(self.kernel_fn, y, loss=name)
-            return self._loss(z, w_label)
+            log_w = label_log_weights(self.kernel_fn, y, w_label)
+            return self._loss(z, w_label, log_w)
 
     # --- shared pieces -------------------------------------------------------------------
-    def _pieces(self, z: torch.Tensor, w_label: torch.Tensor):
-        """Return ``off`` (N, N) bool, ``w``, ``pos``, ``logits`` (N, N) and ``valid`` (N,)."""
+    def _pieces(self, z: torch.Tensor, w_label: torch.Tensor, log_w: torch.Tensor):
+        """Return ``off`` (N, N) bool, ``w``, ``pos``, ``logits`` (N, N) and ``valid`` (N,).
+
+        ``pos`` holds the *normalised* positive weights ``P[n, m] / sum_t P[n, t]`` (log
+        space, :func:`normalised_weights`); ``valid`` marks anchors with a positive weight
+        (in the dtype of ``y``).
+        """
         n = z.shape[0]
         off = ~torch.eye(n, dtype=torch.bool, device=z.device)
         w = w_label.to(z.dtype)
-        pos = w.masked_fill(~off, 0.0)
-        valid = pos.sum(dim=1) > 0
+        # normalised in the wider of the labels' and the embeddings' dtypes
+        pos, valid = normalised_weights(log_w.to(torch.promote_types(log_w.dtype, z.dtype)),
+                                        off)
+        pos = pos.to(z.dtype)
         sim = z @ z.T / self.temperature
         if self.formulation == "reference":
             logits = sim - sim.max(dim=1, keepdim=True).values.detach()
@@ -127,10 +142,9 @@ class _KernelisedLoss(nn.Module):
     def _reduce(
         self, pos: torch.Tensor, log_prob: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        """Per-anchor weighted mean of ``log_prob`` over positives, then mean over anchors."""
-        pos_sum = pos.sum(dim=1)
-        pos_sum = torch.where(valid, pos_sum, torch.ones_like(pos_sum))
-        per_anchor = -(pos * log_prob).sum(dim=1) / pos_sum
+        """Per-anchor weighted mean of ``log_prob`` over positives (``pos`` already
+        normalised per anchor), then mean over anchors."""
+        per_anchor = -(pos * log_prob).sum(dim=1)
         if self.formulation == "reference":
             per_anchor = per_anchor * (self.temperature / self.base_temperature)
         return mean_over_valid(per_anchor, valid)
@@ -170,8 +184,9 @@ class YAwareLoss(_KernelisedLoss):
     torch.Size([])
     """
 
-    def _loss(self, z: torch.Tensor, w_label: torch.Tensor) -> torch.Tensor:
-        off, _, pos, logits, valid = self._pieces(z, w_label)
+    def _loss(self, z: torch.Tensor, w_label: torch.Tensor, log_w: torch.Tensor
+              ) -> torch.Tensor:
+        off, _, pos, logits, valid = self._pieces(z, w_label, log_w)
         log_den, has = masked_logsumexp(logits, off)
         return self._reduce(pos, logits - log_den[:, None], valid & has)
 
@@ -228,8 +243,9 @@ class ThresholdLoss(_KernelisedLoss):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, count_reduction={self.count_reduction!r}"
 
-    def _loss(self, z: torch.Tensor, w_label: torch.Tensor) -> torch.Tensor:
-        off, _, pos, logits, valid = self._pieces(z, w_label)
+    def _loss(self, z: torch.Tensor, w_label: torch.Tensor, log_w: torch.Tensor
+              ) -> torch.Tensor:
+        off, _, pos, logits, valid = self._pieces(z, w_label, log_w)
         if self.formulation == "reference":
             log_den, has = self._reference_log_den(logits, w_label, off)
             return self._reduce(pos, logits - log_den[:, None], valid & has)
@@ -274,7 +290,8 @@ class ExpLoss(_KernelisedLoss):
         As in :class:`YAwareLoss`.
     """
 
-    def _loss(self, z: torch.Tensor, w_label: torch.Tensor) -> torch.Tensor:
-        off, w, pos, logits, valid = self._pieces(z, w_label)
+    def _loss(self, z: torch.Tensor, w_label: torch.Tensor, log_w: torch.Tensor
+              ) -> torch.Tensor:
+        off, w, pos, logits, valid = self._pieces(z, w_label, log_w)
         log_den, has = masked_logsumexp(logits * (1.0 - w), off)
         return self._reduce(pos, logits - log_den[:, None], valid & has)

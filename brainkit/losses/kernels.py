@@ -22,7 +22,7 @@ from numbers import Real
 
 import torch
 
-__all__ = ["KERNELS", "Kernel", "cauchy", "gaussian", "get_kernel", "rbf"]
+__all__ = ["KERNELS", "Kernel", "cauchy", "gaussian", "get_kernel", "log_kernel", "rbf"]
 
 
 def _check_sigma(sigma: float) -> float:
@@ -100,6 +100,39 @@ KERNELS: dict[str, Callable[..., torch.Tensor]] = {"rbf": rbf, "gaussian": gauss
 """The named kernels, ``name -> function(d, sigma)``."""
 
 
+def log_kernel(name: str, d: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """``log K(d)`` of a named kernel, computed without forming ``K(d)``.
+
+    Finite wherever ``d`` is finite, even where ``K(d)`` underflows to 0 (``rbf`` at
+    ``|d| = 15 sigma`` is 0 in float32): the losses normalise their weights in log space
+    with it, so their gradients stay finite.
+
+    Parameters
+    ----------
+    name : {"rbf", "gaussian", "cauchy"}
+    d : torch.Tensor of any shape
+        Label differences.
+    sigma : float, default 1.0
+
+    Returns
+    -------
+    torch.Tensor of the shape and dtype of ``d``
+
+    Examples
+    --------
+    >>> log_kernel("rbf", torch.tensor([5.0, 68.0]), sigma=5.0)
+    tensor([ -0.5000, -92.4800])
+    """
+    sigma = _check_sigma(sigma)
+    if name == "rbf":
+        return -(d * d) / (2.0 * sigma * sigma)
+    if name == "gaussian":
+        return -(d * d) / (2.0 * sigma * sigma) - math.log(math.sqrt(2.0 * math.pi) * sigma)
+    if name == "cauchy":
+        return -torch.log1p(sigma * (d * d))
+    raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {name!r}")
+
+
 class Kernel:
     """A named kernel with its width bound: ``Kernel("rbf", 2.0)(d)``.
 
@@ -119,6 +152,10 @@ class Kernel:
 
     def __call__(self, d: torch.Tensor) -> torch.Tensor:
         return KERNELS[self.name](d, self.sigma)
+
+    def log(self, d: torch.Tensor) -> torch.Tensor:
+        """``log K(d)`` (:func:`log_kernel`), finite where ``K(d)`` underflows."""
+        return log_kernel(self.name, d, self.sigma)
 
     def __repr__(self) -> str:
         return f"Kernel({self.name!r}, sigma={self.sigma})"

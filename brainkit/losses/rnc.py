@@ -78,7 +78,8 @@ class RnCLoss(nn.Module):
         -------
         torch.Tensor, scalar
         """
-        z, y = prepare_inputs(z, y, loss="RnCLoss", multidim_labels=True)
+        z, y = prepare_inputs(z, y, loss="RnCLoss", multidim_labels=True,
+                              temperature=self.temperature, distance=True)
         with autocast_disabled(z.device):
             return self._loss(z, y)
 
