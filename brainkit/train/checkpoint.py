@@ -25,6 +25,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "load_checkpoint",
+    "nonfinite_tensors",
     "rng_state",
     "set_rng_state",
 ]
@@ -129,6 +130,40 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dictionary, found {type(obj).__name__}")
     return obj
+
+
+def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
+    """Keys of the floating-point tensors holding NaN or inf, anywhere in a nested state.
+
+    Parameters
+    ----------
+    obj : tensor, dict, list or tuple
+        E.g. a model's ``state_dict()`` or a whole checkpoint.
+    prefix : str
+        Prepended to the keys (dotted paths, list positions as numbers).
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> nonfinite_tensors({"w": torch.tensor([1.0, float("nan")]), "b": torch.zeros(2)})
+    ['w']
+    """
+    if isinstance(obj, torch.Tensor):
+        bad = obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        return [prefix] if bad else []
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    out = []
+    for key, value in items:
+        out += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
 
 
 def rng_state() -> dict:

@@ -13,9 +13,14 @@ import sys
 from io import BytesIO
 from pathlib import Path
 
+from brainkit.errors import InputError
+
 __all__ = ["register", "loss_kwargs_for"]
 
 _LOSS_NAMES = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
+#: Files of a saved cohort or a run directory that ``embed --out`` must never replace.
+_RESERVED = ("images.npy", "packed.npy", "table.parquet", "metrics.parquet", "checkpoint.pt",
+             "config.json", "cohort.json")
 _KERNELISED = ("yaware", "threshold", "exp", "adapn")
 
 
@@ -46,11 +51,11 @@ def _train(args) -> int:
     indices = None
     if args.split is not None:
         if "split" not in cohort.table:
-            raise SystemExit(f"--split {args.split}: the cohort in {args.cohort} has no "
+            raise InputError(f"--split {args.split}: the cohort in {args.cohort} has no "
                              "'split' column")
         indices = np.flatnonzero(cohort.table["split"].to_numpy() == args.split)
         if indices.size == 0:
-            raise SystemExit(f"--split {args.split}: no rows of {args.cohort} have that split "
+            raise InputError(f"--split {args.split}: no rows of {args.cohort} have that split "
                              f"(found {sorted(cohort.table['split'].unique())})")
     kind = "regression" if args.loss == "l1" else "contrastive"
     config = profile.model_config(kind)
@@ -75,9 +80,8 @@ def _train(args) -> int:
     except TrainingInterrupted as err:
         print(f"brainkit train: {err}", file=sys.stderr)
         return 128 + err.signal_number
-    except FileExistsError as err:
-        print(f"brainkit train: {err}", file=sys.stderr)
-        return 2
+    # Other mistakes (a missing cohort, --epochs 0, a resume mismatch, a folder in use, a
+    # diverging loss) reach brainkit.cli.main: one line, exit 2.
     n_images = len(cohort) if indices is None else len(indices)
     summary = f"; final loss {result.metrics['loss'].iloc[-1]:.4f}" if len(result.metrics) else ""
     print(f"trained {result.epochs_completed} epoch(s) on {n_images} images ({args.loss}, "
@@ -97,9 +101,14 @@ def _embed(args) -> int:
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".npy"):
-        raise SystemExit(f"--out {out}: the extension must be .parquet or .npy, got "
+        raise InputError(f"--out {out}: the extension must be .parquet or .npy, got "
                          f"{suffix or 'none'}")
+    if out.name in _RESERVED and any((out.parent / marker).exists()
+                                     for marker in ("cohort.json", "config.json")):
+        raise InputError(f"--out {out} would replace a file of the cohort or run in "
+                         f"{out.parent}; write the embeddings elsewhere")
     device = args.device or ("cuda" if _cuda() else "cpu")
+    # NaN / inf weights, or a cohort on another grid than the run's: refused (one line)
     model = load_model(args.run, device=device)
     cohort = Cohort.load(args.cohort)
     z = embed(model, cohort, batch_size=args.batch_size, device=device, layer=args.layer)

@@ -56,11 +56,25 @@ def resolve_indices(indices, n: int, name: str = "indices") -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _check_cohort(cohort) -> None:
+def _check_cohort(cohort, model: nn.Module | None = None) -> None:
     if not (hasattr(cohort, "images") and hasattr(cohort, "table")):
         raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
     if getattr(cohort, "grid_shape", None) is None:
         raise ValueError("cohort has no images (table-only); training and inference need images")
+    trained = getattr(unwrap_model(model), "trained_grid_shape", None) if model is not None \
+        else None
+    if trained is not None and tuple(trained) != tuple(cohort.grid_shape):
+        from brainkit.errors import InputError
+
+        raise InputError(
+            f"the model was trained on images of grid {'x'.join(map(str, trained))} but the "
+            f"cohort's grid is {'x'.join(map(str, cohort.grid_shape))} (another voxel size?); "
+            "embed a cohort on the run's grid (e.g. brainkit cohort import --grid-mm with the "
+            "run's voxel size)")
+
+
+def _ids(cohort, positions) -> list[str]:
+    return cohort.table["image_id"].iloc[list(positions)].astype(str).tolist()
 
 
 def _host_batches(cohort, device):
@@ -80,7 +94,7 @@ def _default_layer(model: nn.Module) -> str:
 @torch.no_grad()
 def _batched(model: nn.Module, cohort, indices, batch_size: int, device, amp, channels_last,
              fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> np.ndarray:
-    _check_cohort(cohort)
+    _check_cohort(cohort, model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     idx = resolve_indices(indices, len(cohort))
@@ -94,15 +108,38 @@ def _batched(model: nn.Module, cohort, indices, batch_size: int, device, amp, ch
     source = _host_batches(cohort, device)
     try:
         for start in range(0, len(idx), batch_size):
-            x = source.load(idx[start:start + batch_size])
+            rows = idx[start:start + batch_size]
+            x = source.load(rows)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 out = fn(model, x)
-            outputs.append(out.float().cpu())
+            out = out.float().cpu()  # (the copy waits for the device: checks cost no sync)
+            bad = ~torch.isfinite(out.reshape(len(rows), -1)).all(dim=1)
+            if bool(bad.any()):
+                _refuse_nonfinite(cohort, rows, bad, x)
+            outputs.append(out)
     finally:
         model.train(was_training)
     return torch.cat(outputs).numpy()
+
+
+def _refuse_nonfinite(cohort, rows, bad: torch.Tensor, x: torch.Tensor) -> None:
+    """NaN / inf outputs: name the images, and whether their voxels or the model are at
+    fault."""
+    from brainkit.errors import NonFiniteError
+
+    rows = np.asarray(rows)[bad.numpy()]
+    x_bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1).cpu()
+    if bool(x_bad.any()):
+        ids = _ids(cohort, rows)
+        raise NonFiniteError(f"images {ids[:5]}{' ...' if len(ids) > 5 else ''} hold NaN or "
+                             "inf voxels (the cohort's files were changed after import?); "
+                             "check the cohort with brainkit data info")
+    ids = _ids(cohort, rows)
+    raise NonFiniteError(f"the model's output is NaN or inf for images {ids[:5]}"
+                         f"{' ...' if len(ids) > 5 else ''} although their voxels are finite "
+                         "(weights that overflow, or images with extreme values)")
 
 
 def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
@@ -131,6 +168,15 @@ def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
     -------
     numpy.ndarray of shape (n, D), float32
         Row ``i`` belongs to ``indices[i]``. The model's train/eval mode is restored.
+
+    Raises
+    ------
+    brainkit.errors.InputError
+        The model records the grid it was trained on (``trained_grid_shape``, set by
+        :func:`brainkit.train.load_model`) and the cohort is on another grid.
+    brainkit.errors.NonFiniteError
+        An output is NaN or inf (the images are named, and whether their voxels hold NaN /
+        inf): never written as NaN rows.
 
     Examples
     --------
@@ -210,7 +256,7 @@ def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size:
     was_training = model.training
     model.train()
     try:
-        _check_cohort(cohort)
+        _check_cohort(cohort, model)
         idx = resolve_indices(indices, len(cohort))
         source = _host_batches(cohort, device)
         for start in range(0, len(idx), batch_size):

@@ -14,6 +14,17 @@ Reproducibility contract
 - Checkpoints hold the model, optimiser, scheduler, epoch, step and the global random states
   (Python, NumPy, torch CPU and CUDA). A run interrupted at any step boundary and resumed
   ends, on CPU, bit-identical to an uninterrupted one.
+
+Reliability contract
+--------------------
+- The run directory is locked for the whole fit (:class:`brainkit._util.FolderLock`): a
+  second ``fit`` into it refuses at once, naming the pid; the kernel drops the lock of a
+  killed process, so a resume is never blocked.
+- The cohort is re-read before training (``Cohort.verify``: NaN / inf and content hash), so
+  a resume on an edited cohort is refused.
+- A NaN / inf loss or gradient stops the run (:class:`brainkit.errors.NonFiniteError`,
+  naming epoch and step) before anything poisoned is saved; a checkpoint holding NaN / inf
+  is not resumed.
 """
 
 from __future__ import annotations
@@ -35,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import SignalFlag
-from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, rng_state, \
+from .._util import FolderLock, SignalFlag
+from ..errors import FolderLockedError, InputError, NonFiniteError
+from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, \
+    nonfinite_tensors, rng_state, \
     set_rng_state
 from .distributed import DistInfo, gather_views, setup_distributed, shard, shard_sizes, \
     teardown_distributed
@@ -403,15 +416,23 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
         if saved.get("training", {}).get(key) != current["training"].get(key):
             problems.append(f"training.{key}: saved {saved.get('training', {}).get(key)!r}, "
                             f"now {current['training'].get(key)!r}")
-    for key in ("loss", "data"):
-        if saved.get(key) != current[key]:
-            problems.append(f"{key}: saved {saved.get(key)!r}, now {current[key]!r}")
+    if saved.get("loss") != current["loss"]:
+        problems.append(f"loss: saved {saved.get('loss')!r}, now {current['loss']!r}")
+    saved_data = dict(saved.get("data") or {})
+    now_data = dict(current["data"])
+    before, after = saved_data.pop("cohort_hash", None), now_data.pop("cohort_hash", None)
+    if before != after:
+        problems.append(f"the cohort's content differs from the one the run was trained on "
+                        f"(content hash saved {str(before)[:12]}..., now {str(after)[:12]}...: "
+                        "an edited or another cohort)")
+    if saved_data != now_data:
+        problems.append(f"data: saved {saved_data!r}, now {now_data!r}")
     if saved.get("model") is not None and current.get("model") is not None \
             and saved["model"] != current["model"]:
         problems.append(f"model: saved {saved['model']!r}, now {current['model']!r}")
     if problems:
-        raise ValueError(f"cannot resume {path}: the run was started with other settings:\n  "
-                         + "\n  ".join(problems))
+        raise InputError(f"cannot resume {path}: the run was started with other settings: "
+                         + "; ".join(problems) + " (start a new run in another folder)")
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -446,6 +467,110 @@ def _indices_digest(indices: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+#: On CUDA, steps between two checks of the loss and gradients for NaN / inf (a check is one
+#: device sync); on the CPU every step is checked, before its update.
+_FINITE_CHECK_EVERY = 16
+
+
+class _FiniteWatch:
+    """Watches each step's loss and gradients for NaN / inf.
+
+    On the CPU the check runs every step before the optimiser's update (a sync costs
+    nothing there), so the model is never updated with a bad gradient. On CUDA the first bad
+    step is recorded on the device and checked every :data:`_FINITE_CHECK_EVERY` steps and
+    before every checkpoint, so no poisoned state reaches the disk and the GPU is not
+    synchronised each step.
+    """
+
+    def __init__(self, params, *, info: DistInfo, device: torch.device, steps_per_epoch: int,
+                 lr: float, out_dir: Path):
+        self.params = [p for p in params if p.requires_grad]
+        self.info, self.device = info, device
+        self.eager = device.type != "cuda"
+        self.steps_per_epoch = steps_per_epoch
+        self.lr, self.out_dir = lr, out_dir
+        self._first = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def _finite(self, value: torch.Tensor) -> torch.Tensor:
+        ok = torch.isfinite(value.detach())
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            if hasattr(torch, "_foreach_norm"):  # one fused kernel; inf-norm: no overflow
+                norms = torch._foreach_norm(grads, math.inf)
+            else:  # pragma: no cover - old torch
+                norms = [g.detach().abs().amax() for g in grads]
+            ok = ok & torch.isfinite(torch.stack([n.float() for n in norms])).all()
+        return ok
+
+    def _error(self, epoch: int, step: int) -> NonFiniteError:
+        return NonFiniteError(
+            f"training stopped: the loss or its gradients became NaN or infinite at epoch "
+            f"{epoch + 1}, step {step + 1} of {self.steps_per_epoch}; nothing after that was "
+            f"saved ({self.out_dir} keeps its last checkpoint). Usual causes: a learning rate "
+            f"too high (lr={self.lr:g}: start a new run with a lower one) or images with "
+            "extreme values (brainkit data info re-reads the cohort)")
+
+    def record(self, value: torch.Tensor, epoch: int, step: int) -> None:
+        """After ``backward()``, before ``optimizer.step()``."""
+        ok = self._finite(value)
+        if self.eager:
+            if _any_rank(not bool(ok), self.info, self.device):
+                raise self._error(epoch, step)
+            return
+        code = torch.full_like(self._first, epoch * self.steps_per_epoch + step)
+        self._first = torch.where((self._first < 0) & ~ok, code, self._first)
+
+    def check(self) -> None:
+        """Raise if a recorded step was not finite (one sync on CUDA)."""
+        if self.eager:
+            return
+        first = int(self._first.item())
+        if _any_rank(first >= 0, self.info, self.device):
+            if first < 0:  # another rank saw it (ranks share losses and gradients)
+                first = 0
+            raise self._error(*divmod(first, self.steps_per_epoch))
+
+
+class _RunLock:
+    """``out_dir``'s lock, held by rank 0 from the start of the fit to its end.
+
+    Taken first, so a second fit into a folder in use is refused at once, naming the pid,
+    before any other check. Under torchrun the other ranks learn of a refusal at
+    :meth:`confirm` (one collective, after the read-only checks every rank does), so all
+    ranks raise together instead of waiting for rank 0 in a collective.
+    """
+
+    def __init__(self, out_dir: Path, info: DistInfo):
+        self.out_dir, self.info = out_dir, info
+        self.created = not out_dir.exists()
+        self.lock, self.refused = None, None
+        if info.is_main:
+            try:
+                self.lock = FolderLock(out_dir, what="training run", remove=True).acquire()
+            except FolderLockedError as err:
+                if not info.distributed:
+                    raise
+                self.refused = err
+
+    def confirm(self, device: torch.device) -> None:
+        """Before the first write: raise on every rank if rank 0 could not lock."""
+        if _any_rank(self.refused is not None, self.info, device):
+            raise self.refused or FolderLockedError(
+                f"{self.out_dir} is in use by another training run (rank 0 could not lock "
+                "it)", folder=self.out_dir)
+
+    def release(self) -> None:
+        if self.lock is None:
+            return
+        self.lock.release()
+        self.lock = None
+        if self.created:  # refused before writing anything: leave no empty folder behind
+            try:
+                self.out_dir.rmdir()
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------- fit
@@ -572,6 +697,17 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         After SIGTERM / SIGINT, once the checkpoint is written.
     FileExistsError
         If ``out_dir`` holds a checkpoint and ``resume`` is False.
+    brainkit.errors.FolderLockedError
+        If another process is training into ``out_dir`` (its pid is named).
+    brainkit.errors.NonFiniteError
+        If the loss or a gradient becomes NaN / inf (epoch and step named; nothing poisoned
+        is saved), or, on resume, if the checkpoint holds NaN / inf.
+    brainkit.data.CohortError
+        If an image holds NaN / inf or the cohort's files changed since it was saved
+        (``Cohort.verify``, which reads the whole cohort once before training).
+    ValueError
+        For invalid arguments, and on resume when the settings or the cohort's content
+        differ from the run's.
 
     Notes
     -----
@@ -637,6 +773,11 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
             raise ValueError("probe_indices must be held out, but positions "
                              f"{overlap[:5].tolist()} are also training indices")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"out_dir {out_dir} is a file; expected a run folder")
+    if (out_dir / "cohort.json").exists():
+        raise InputError(f"out_dir {out_dir} holds a saved cohort (cohort.json); a run needs "
+                         "a folder of its own")
     if model_config is None:
         try:
             model_config = describe_model(model)
@@ -665,12 +806,23 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         teardown_distributed(info)
 
 
-def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step, lr_gamma,
-         n_views, device, seed, resume, compile, amp, channels_last, cudnn_benchmark, fused,
-         sync_batchnorm, drop_last, adapn_final_k, adapn_step, probe_every, progress,
-         handle_signals, prefetch, data_path, train_idx, loss_fn, loss_record, augment,
-         augmentation_name, probe_idx, model_config, info) -> FitResult:
-    """The body of :func:`fit`, after validation and process-group setup."""
+def _run(**kwargs) -> FitResult:
+    """The body of :func:`fit`, after validation and process-group setup, holding the run
+    directory's lock (:class:`_RunLock`) until it returns or raises."""
+    lock = _RunLock(kwargs["out_dir"], kwargs["info"])  # refuses at once: folder in use
+    try:
+        return _train(lock=lock, **kwargs)
+    finally:
+        lock.release()
+
+
+def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step,
+           lr_gamma, n_views, device, seed, resume, compile, amp, channels_last,
+           cudnn_benchmark, fused, sync_batchnorm, drop_last, adapn_final_k, adapn_step,
+           probe_every, progress, handle_signals, prefetch, data_path, train_idx, loss_fn,
+           loss_record, augment, augmentation_name, probe_idx, model_config,
+           info) -> FitResult:
+    """The training itself; rank 0 holds the run directory's ``lock``."""
     from tqdm.auto import tqdm
 
     regression = loss_fn is None
@@ -716,8 +868,20 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
         _check_resume_config(out_dir, read_run_config(out_dir), config)
         checkpoint = load_checkpoint(ckpt_path)
         if checkpoint.get("format") != _CHECKPOINT_FORMAT or "optimizer" not in checkpoint:
-            raise ValueError(f"{ckpt_path} is not a training checkpoint of this brainkit "
+            raise InputError(f"{ckpt_path} is not a training checkpoint of this brainkit "
                              "(saved with save_model?); cannot resume from it")
+        bad = nonfinite_tensors({"model": checkpoint["model"],
+                                 "optimizer": checkpoint["optimizer"]})
+        if bad:
+            raise NonFiniteError(f"{ckpt_path}: {len(bad)} tensor(s) hold NaN or inf (e.g. "
+                                 f"{bad[:3]}); the run cannot continue from it, start a new "
+                                 "run in another folder")
+    # The checks that only read are done; from here on rank 0 writes to out_dir. Every rank
+    # learns whether rank 0 holds the lock, then re-reads the cohort.
+    lock.confirm(device)
+    verify = getattr(cohort, "verify", None)
+    if callable(verify):  # NaN / inf, and the content against its recorded hash
+        verify()
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(out_dir, config)
@@ -794,6 +958,8 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
     source = open_batches(cohort, device, data_path, pin_memory=cuda)
     load_images = source.fetch
 
+    watch = _FiniteWatch(base.parameters(), info=info, device=device,
+                         steps_per_epoch=steps_per_epoch, lr=lr, out_dir=out_dir)
     bar = tqdm(total=max(0, (epochs - start_epoch) * steps_per_epoch - start_step),
                disable=not (progress and info.is_main), unit="step", dynamic_ncols=True)
     base.train()
@@ -820,6 +986,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 for step in range(first, len(batches)):
                     if _any_rank(guard.signum is not None, info, device):
+                        watch.check()  # never save a poisoned state
                         carry["loss_sum"] += loss_sum.item()
                         carry["seconds"] += time.perf_counter() - tick
                         save(epoch, step)
@@ -842,7 +1009,10 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
                                        amp=amp)
                     optimizer.zero_grad(set_to_none=True)
                     value.backward()
+                    watch.record(value, epoch, step)  # CPU: raises before the update
                     optimizer.step()
+                    if (step + 1) % _FINITE_CHECK_EVERY == 0:
+                        watch.check()
                     loss_sum += value.detach().double() * len(batch)
                     carry["volumes"] += n_views * len(batch)
                     bar.update(1)
@@ -854,6 +1024,7 @@ def _run(*, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_ste
                         last_post = now
                 if cuda:
                     torch.cuda.synchronize(device)
+                watch.check()  # before the probe and the checkpoint of this epoch
                 carry["loss_sum"] += loss_sum.item()
                 carry["seconds"] += time.perf_counter() - tick
                 n_seen = sum(len(b) for b in batches)

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint
+from ..errors import InputError, NonFiniteError
+from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, \
+    nonfinite_tensors
 from .inference import unwrap_model
 
 __all__ = [
@@ -163,22 +165,48 @@ def load_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu"
     Returns
     -------
     ContrastiveModel or RegressionModel
-        On ``device``, in eval mode.
+        On ``device``, in eval mode. When the run recorded the grid it was trained on
+        (``config.json``'s ``data.grid_shape``, written by :func:`brainkit.train.fit`), the
+        model carries it as ``trained_grid_shape``: :func:`brainkit.train.embed` and
+        :func:`brainkit.train.predict_age` then refuse a cohort on another grid.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``config.json`` or ``checkpoint.pt``.
+    ValueError
+        Unreadable files, a model entry ``build_model`` does not accept, or weights that do
+        not fit it.
+    brainkit.errors.NonFiniteError
+        Weights holding NaN or inf (the tensors are named).
     """
     from brainkit.models import build_model
 
     config = read_run_config(run_dir)
     spec = config.get("model")
     if not isinstance(spec, dict):
-        raise ValueError(f"{Path(run_dir) / CONFIG_NAME} has no 'model' entry; the run was "
+        raise InputError(f"{Path(run_dir) / CONFIG_NAME} has no 'model' entry; the run was "
                          "trained with a model brainkit cannot describe")
     try:
         model = build_model(**spec)
     except TypeError as err:
-        raise ValueError(f"{Path(run_dir) / CONFIG_NAME}: 'model' entry {spec} does not match "
+        raise InputError(f"{Path(run_dir) / CONFIG_NAME}: 'model' entry {spec} does not match "
                          f"build_model ({err})") from err
-    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
-    if "model" not in ckpt:
-        raise ValueError(f"{Path(run_dir) / CHECKPOINT_NAME} holds no 'model' state dict")
-    model.load_state_dict(ckpt["model"])
+    path = Path(run_dir) / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("model"), dict):
+        raise InputError(f"{path} holds no 'model' state dict")
+    bad = nonfinite_tensors(ckpt["model"])
+    if bad:
+        raise NonFiniteError(f"{path}: {len(bad)} of {len(ckpt['model'])} weight tensor(s) hold "
+                             f"NaN or inf (e.g. {bad[:3]}); the model would output NaN: use an "
+                             "earlier checkpoint or train again")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:  # missing / unexpected keys, shape mismatches
+        raise InputError(f"{path}: the weights do not fit the model of {CONFIG_NAME} "
+                         f"({str(err).splitlines()[0]})") from None
+    grid = (config.get("data") or {}).get("grid_shape")
+    if isinstance(grid, list) and len(grid) == 3:
+        model.trained_grid_shape = tuple(int(g) for g in grid)
     return model.to(device).eval()

@@ -203,3 +203,128 @@ def test_adapn_neighbourhood_follows_the_schedule(make_planted, tmp_path):
     assert result.metrics["neighbourhood_size"].tolist() == expected
     assert expected[0] > expected[-1] == 8
     assert loss_fn.neighbourhood_size == expected[-1]
+
+
+# --------------------------------------------------------------------------- reliability
+class _NaNAt(torch.nn.Module):
+    """The exp loss, but NaN (or, with ``grad_only``, a NaN gradient) at its ``at``-th call."""
+
+    def __init__(self, at: int, grad_only: bool = False):
+        super().__init__()
+        self.at, self.grad_only, self.calls = at, grad_only, 0
+        self.inner = make_loss("exp", sigma=5.0)
+
+    def forward(self, z, y):
+        self.calls += 1
+        value = self.inner(z, y)
+        if self.calls == self.at:
+            if self.grad_only:  # d sqrt(x) / dx at 0 is inf, times 0: a NaN gradient
+                return value + 0.0 * torch.sqrt((z - z.detach()).abs()).sum()
+            return value * float("nan")
+        return value
+
+
+@pytest.mark.parametrize("grad_only", [False, True], ids=["nan-loss", "nan-gradient"])
+def test_nonfinite_step_stops_the_run_naming_it_and_saves_nothing_poisoned(
+        toy_cohort, tmp_path, grad_only):
+    from brainkit.errors import NonFiniteError
+    from brainkit.train.checkpoint import nonfinite_tensors
+
+    model = _model("contrastive")
+    # 3 steps per epoch: call 5 is epoch 2, step 2
+    with pytest.raises(NonFiniteError, match=r"NaN or infinite at epoch 2, step 2 of 3"):
+        fit(model, toy_cohort, _NaNAt(5, grad_only), indices=np.arange(24), out_dir=tmp_path,
+            epochs=3, batch_size=8, lr=1e-3, progress=False)
+    ckpt = load_checkpoint(tmp_path)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0), "the last good checkpoint is kept"
+    assert nonfinite_tensors(ckpt) == []
+    assert nonfinite_tensors(model.state_dict()) == [], "on the CPU the update never ran"
+    assert len(pd.read_parquet(tmp_path / "metrics.parquet")) == 1
+
+
+def test_deferred_finite_check_names_the_first_bad_step():
+    # the CUDA path (no sync per step), exercised on the CPU
+    from brainkit.errors import NonFiniteError
+    from brainkit.train.distributed import DistInfo
+    from brainkit.train.loop import _FiniteWatch
+
+    w = torch.nn.Parameter(torch.ones(3))
+    watch = _FiniteWatch([w], info=DistInfo(), device=torch.device("cpu"), steps_per_epoch=4,
+                         lr=1e-3, out_dir="run")
+    watch.eager = False
+    for epoch, step, value in [(0, 3, 1.0), (1, 1, float("inf")), (1, 2, float("nan"))]:
+        w.grad = torch.ones(3)
+        watch.record(torch.tensor(value), epoch, step)
+    with pytest.raises(NonFiniteError, match="at epoch 2, step 2 of 4"):
+        watch.check()
+
+
+def test_resume_refuses_a_checkpoint_holding_nan(toy_cohort, tmp_path):
+    from brainkit.errors import NonFiniteError
+    from brainkit.train import atomic_save
+
+    idx = np.arange(16)
+    fit(_model("contrastive"), toy_cohort, "yaware", indices=idx, out_dir=tmp_path, epochs=1,
+        batch_size=8, progress=False)
+    ckpt = load_checkpoint(tmp_path)
+    name = next(iter(ckpt["model"]))
+    ckpt["model"][name] = ckpt["model"][name] * float("nan")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(NonFiniteError, match=rf"1 tensor\(s\) hold NaN or inf .*model.{name}"):
+        fit(_model("contrastive"), toy_cohort, "yaware", indices=idx, out_dir=tmp_path,
+            epochs=2, batch_size=8, resume=True, progress=False)
+
+
+def test_a_second_fit_into_a_folder_in_use_is_refused(toy_cohort, tmp_path):
+    from brainkit._util import FolderLock
+    from brainkit.errors import FolderLockedError
+
+    with FolderLock(tmp_path / "run", what="training run", remove=True):
+        with pytest.raises(FolderLockedError,
+                           match=rf"run is in use by another training run \(pid {os.getpid()} "):
+            fit(_model("contrastive"), toy_cohort, "yaware", out_dir=tmp_path / "run",
+                epochs=1, batch_size=8, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [], "nothing written"
+
+
+def test_resume_refuses_a_cohort_edited_since_the_run_started(toy_cohort, tmp_path):
+    from brainkit.data import Cohort, CohortError
+
+    d = toy_cohort.save(tmp_path / "cohort")
+    idx = np.arange(16)
+    fit(_model("contrastive"), Cohort.load(d), "yaware", indices=idx, out_dir=tmp_path / "run",
+        epochs=1, batch_size=8, progress=False)
+    st = os.stat(d / "images.npy")
+    arr = np.load(d / "images.npy", mmap_mode="r+")
+    arr[3] = arr[3] + 1.0  # an edit that keeps size and modification time
+    arr.flush()
+    del arr
+    os.utime(d / "images.npy", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(CohortError, match="content changed after the cohort was saved"):
+        fit(_model("contrastive"), Cohort.load(d), "yaware", indices=idx,
+            out_dir=tmp_path / "run", epochs=2, batch_size=8, resume=True, progress=False)
+    edited = Cohort(Cohort.load(d).table, Cohort.load(d).images(), Cohort.load(d).affine)
+    with pytest.raises(ValueError, match="the cohort's content differs from the one the run"):
+        fit(_model("contrastive"), edited, "yaware", indices=idx, out_dir=tmp_path / "run",
+            epochs=2, batch_size=8, resume=True, progress=False)
+
+
+def test_training_refuses_a_cohort_with_nan_images(toy_cohort, tmp_path):
+    from brainkit.data import Cohort, CohortError
+
+    d = toy_cohort.save(tmp_path / "cohort")
+    st = os.stat(d / "images.npy")
+    arr = np.load(d / "images.npy", mmap_mode="r+")
+    arr[5, 1, 2, 3] = np.nan
+    arr.flush()
+    del arr
+    os.utime(d / "images.npy", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(CohortError, match=r"row 5 \(img005\): volume contains NaN or inf"):
+        fit(_model("regression", toy_cohort.table["age"].to_numpy()), Cohort.load(d), "l1",
+            out_dir=tmp_path / "run", epochs=1, batch_size=8, progress=False)
+
+
+def test_out_dir_cannot_be_a_cohort_folder(toy_cohort, tmp_path):
+    d = toy_cohort.save(tmp_path / "cohort")
+    with pytest.raises(ValueError, match="holds a saved cohort"):
+        fit(_model("contrastive"), toy_cohort, "yaware", out_dir=d, epochs=1, progress=False)

@@ -121,3 +121,46 @@ def test_load_model_reads_a_training_run(contrastive, toy_cohort, tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     np.testing.assert_allclose(embed(loaded, toy_cohort, [0, 1]),
                                embed(contrastive, toy_cohort, [0, 1]), rtol=1e-6)
+
+
+def test_load_model_refuses_nonfinite_weights(contrastive, tmp_path):
+    from brainkit.errors import NonFiniteError
+    from brainkit.train import atomic_save
+
+    save_model(contrastive, tmp_path / "m")
+    ckpt = load_checkpoint(tmp_path / "m")
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name][0] = float("inf")
+    atomic_save(ckpt, tmp_path / "m" / "checkpoint.pt")
+    with pytest.raises(NonFiniteError, match=rf"1 of \d+ weight tensor\(s\) hold NaN or inf "
+                                             rf"\(e.g. \['{name}'\]\)"):
+        load_model(tmp_path / "m")
+
+
+def test_a_loaded_model_refuses_a_cohort_on_another_grid(contrastive, toy_cohort, make_planted,
+                                                         tmp_path):
+    from brainkit.errors import InputError
+    from brainkit.train import fit
+
+    fit(contrastive, toy_cohort, "yaware", indices=np.arange(8), out_dir=tmp_path, epochs=1,
+        batch_size=8, progress=False)
+    model = load_model(tmp_path)
+    assert model.trained_grid_shape == (16, 16, 16)
+    assert embed(model, toy_cohort, [0, 1]).shape == (2, 8)
+    other = make_planted(4, shape=(12, 12, 12))
+    with pytest.raises(InputError, match="trained on images of grid 16x16x16 but the cohort's "
+                                         "grid is 12x12x12"):
+        embed(model, other)
+    assert embed(contrastive, other).shape == (4, 8), "a model without a record is not checked"
+
+
+def test_embed_names_images_whose_output_is_not_finite(contrastive, toy_cohort):
+    from brainkit.errors import NonFiniteError
+
+    with torch.no_grad():  # finite weights whose outputs overflow
+        for layer in contrastive.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(1e38)
+    with pytest.raises(NonFiniteError, match="output is NaN or inf for images .*img000.*"
+                                             "although their voxels are finite"):
+        embed(contrastive, toy_cohort, [0, 1])

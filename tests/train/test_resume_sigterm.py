@@ -16,8 +16,8 @@ from brainkit.train import load_checkpoint
 
 EPOCHS, BATCH, N_IMAGES = 4, 8, 32
 
-# Trains a narrow ResNet on the saved planted cohort. With --slow, every batch read sleeps,
-# which leaves time to signal the process in the middle of a run.
+# Trains a narrow ResNet on the saved planted cohort. With "slow" (0.15 s) or "crawl" (1 s),
+# every batch read sleeps, which leaves time to signal the process in the middle of a run.
 SCRIPT = textwrap.dedent(f"""
     import sys, time
     import torch
@@ -25,12 +25,12 @@ SCRIPT = textwrap.dedent(f"""
     from brainkit.models import build_model
     from brainkit.train import TrainingInterrupted, fit
 
-    cohort_dir, out_dir, slow = sys.argv[1], sys.argv[2], sys.argv[3] == "slow"
+    cohort_dir, out_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     cohort = Cohort.load(cohort_dir)
-    if slow:
+    if mode != "fast":
         read = cohort.images
         def slow_images(indices=None):
-            time.sleep(0.15)
+            time.sleep(0.15 if mode == "slow" else 1.0)
             return read(indices)
         cohort.images = slow_images
     torch.manual_seed(0)
@@ -96,3 +96,43 @@ def test_sigterm_then_resume_matches_uninterrupted_run(saved_toy, subprocess_env
     ma, mb = (pd.read_parquet(d / "metrics.parquet") for d in (interrupted, reference))
     np.testing.assert_array_equal(ma["loss"], mb["loss"])
     np.testing.assert_array_equal(ma["lr"], mb["lr"])
+
+
+def test_a_second_train_is_refused_and_sigkill_then_resume_is_bit_identical(
+        saved_toy, subprocess_env, tmp_path):
+    """Two processes into one run folder: the second refuses at once, naming the pid; the
+    first is killed with SIGKILL (no handler runs), its lock dies with it, and a resume ends
+    bit-identical to an uninterrupted run."""
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    proc = _start(saved_toy, killed, "crawl", subprocess_env)
+    _wait_for_epoch(proc, killed, 1)
+    ref = _start(saved_toy, reference, "fast", subprocess_env)  # uninterrupted twin
+
+    start = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "brainkit.cli", "train", "--cohort", str(saved_toy), "--loss",
+         "yaware", "--out", str(killed), "--epochs", str(EPOCHS), "--resume", "--no-progress",
+         "--device", "cpu"], capture_output=True, text=True, env=subprocess_env, timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.startswith(f"brainkit train: error: {killed} is in use by another "
+                                    f"training run (pid {proc.pid} holds ")
+    assert "Traceback" not in second.stderr and second.stderr.count("\n") == 1
+    assert proc.poll() is None, "the first run goes on"
+
+    proc.kill()  # SIGKILL: no checkpoint on the way out, no cleanup
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed / "checkpoint.pt")["epoch"] >= 1  # the epoch checkpoint
+
+    resumed = _start(saved_toy, killed, "fast", subprocess_env)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "finished" in out, err
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0 and "finished" in out, err
+    a, b = load_checkpoint(killed), load_checkpoint(reference)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (EPOCHS, 0)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma, mb = (pd.read_parquet(d / "metrics.parquet") for d in (killed, reference))
+    np.testing.assert_array_equal(ma["loss"], mb["loss"])
+    assert time.monotonic() - start < 600
