@@ -170,6 +170,14 @@ class FolderLock:
                     if self.on_wait is not None:
                         self.on_wait(self.holder(self.path))
                     fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as err:  # a file system without locks (ENOLCK, EOPNOTSUPP)
+                    import warnings
+
+                    warnings.warn(f"{self.path}: cannot lock on this file system ({err}); "
+                                  f"nothing stops another {self.what} from using "
+                                  f"{self.folder}", stacklevel=3)
+                    os.close(fd)
+                    return self
                 # The file may have been removed (remove=True) between our open and flock:
                 # then we hold a lock on a file nobody else sees; try again.
                 try:

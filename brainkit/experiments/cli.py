@@ -123,12 +123,18 @@ def _results(args) -> int:
         print(f"brainkit results: {args.store} is not a results store (no runs/ folder)",
               file=sys.stderr)
         return 2
+    import warnings
+
     try:
-        filters = _filters(args.filter and [p for group in args.filter for p in group])
-        table = results_table(args.store, args.table, **filters)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            filters = _filters(args.filter and [p for group in args.filter for p in group])
+            table = results_table(args.store, args.table, **filters)
     except (ValueError, argparse.ArgumentTypeError) as err:
         print(f"brainkit results: {err}", file=sys.stderr)
         return 2
+    for w in caught:  # a damaged run: one line naming its file, the others are listed
+        print(f"brainkit results: warning: {w.message}", file=sys.stderr)
     if table.empty:
         what = f"table {args.table!r}" if args.table else "runs"
         print(f"no {what} in {args.store}" + (" matching the filters" if filters else ""))

@@ -7,9 +7,15 @@ Layout under the store root::
     runs/<key>/files/...          anything else (e.g. the model checkpoint)
     work/<key>/                   scratch space of a run in progress (checkpoints to resume)
 
+    locks/<key>.lock              held while a process computes <key>
+
 A run is *complete* when ``runs/<key>/meta.json`` exists. Completed runs are assembled in a
 temporary folder and moved into place with one rename, so a crash never leaves a half-written
-run under its final name, and a run that exists is loaded, not recomputed.
+run under its final name, and a run that exists is loaded, not recomputed. Two processes
+that need the same missing run (the book and a sweep on one store) do not both compute it:
+the second waits for the first's lock, then loads its result. Table and file names are plain
+names (no path separators, no ``..``), so nothing is written outside the store, and a run
+whose files cannot be read is named (and skipped with a warning by ``ResultsStore.runs``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +37,32 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from .._util import FolderLock
+from ..errors import InputError
 
-__all__ = ["ResultsStore", "Run", "RunOutput", "config_key", "load_results", "default_store"]
+__all__ = ["ResultsStore", "Run", "RunOutput", "StoreError", "config_key", "load_results",
+           "default_store"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_KEY = re.compile(r"[0-9a-f]{16}")
+
+
+class StoreError(InputError):
+    """A run in a store whose files cannot be read, or a bad table / file name or key."""
+
+
+def _check_name(name, what: str) -> str:
+    """A table or file name must be a plain name: it becomes a path inside the run folder."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise StoreError(f"{what} name {name!r}: expected a plain name (letters, digits, '.', "
+                         "'_', '-'; no path separator, no '..')")
+    return name
+
+
+def _check_key(key) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise StoreError(f"run key {key!r}: expected 16 hexadecimal digits (config_key)")
+    return key
 
 
 def _jsonable(obj):
@@ -70,7 +102,17 @@ class Run:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        meta_path = self.path / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StoreError(f"{meta_path}: not valid JSON, truncated or edited ({err}); delete "
+                             f"{self.path} to compute the run again") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) \
+                or "key" not in meta:
+            raise StoreError(f"{meta_path}: not a run's metadata (expected an object with 'key' "
+                             f"and 'config'); delete {self.path} to compute the run again")
+        self.meta = meta
 
     @property
     def key(self) -> str:
@@ -81,14 +123,19 @@ class Run:
         return self.meta["config"]
 
     def table(self, name: str) -> pd.DataFrame:
-        path = self.path / f"{name}.parquet"
+        path = self.path / f"{_check_name(name, 'table')}.parquet"
         if not path.is_file():
             available = sorted(p.stem for p in self.path.glob("*.parquet"))
             raise KeyError(f"run {self.key} has no table {name!r}; it has {available}")
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except Exception as err:  # pyarrow: ArrowInvalid, OSError, ... on a damaged file
+            raise StoreError(f"{path}: unreadable parquet table, truncated or edited "
+                             f"({type(err).__name__}: {err}); delete {self.path} to compute "
+                             "the run again") from None
 
     def file(self, name: str) -> Path:
-        path = self.path / "files" / name
+        path = self.path / "files" / _check_name(name, "file")
         if not path.exists():
             raise KeyError(f"run {self.key} has no file {name!r}")
         return path
@@ -121,11 +168,11 @@ class ResultsStore:
         return f"ResultsStore({str(self.root)!r}, {len(self.keys())} runs)"
 
     def run_dir(self, key: str) -> Path:
-        return self.root / "runs" / key
+        return self.root / "runs" / _check_key(key)
 
     def work_dir(self, key: str) -> Path:
         """Scratch folder of a run in progress (kept after a crash so the run can resume)."""
-        path = self.root / "work" / key
+        path = self.root / "work" / _check_key(key)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -133,20 +180,47 @@ class ResultsStore:
         return (self.run_dir(key) / "meta.json").is_file()
 
     def keys(self) -> list[str]:
-        return sorted(p.parent.name for p in (self.root / "runs").glob("*/meta.json"))
+        return sorted(p.parent.name for p in (self.root / "runs").glob("*/meta.json")
+                      if _KEY.fullmatch(p.parent.name))
 
     def load(self, key: str) -> Run:
         if not self.exists(key):
             raise KeyError(f"no completed run {key} in {self.root}")
         return Run(self.run_dir(key))
 
-    def runs(self) -> list[Run]:
-        return [Run(self.run_dir(k)) for k in self.keys()]
+    def runs(self, *, broken: str = "warn") -> list[Run]:
+        """Every completed run.
+
+        Parameters
+        ----------
+        broken : {"warn", "raise"}, default "warn"
+            A run whose ``meta.json`` cannot be read is skipped with a warning naming the
+            file (``"warn"``), or raises :class:`StoreError` (``"raise"``).
+        """
+        if broken not in ("warn", "raise"):
+            raise ValueError(f"broken must be 'warn' or 'raise', got {broken!r}")
+        out = []
+        for key in self.keys():
+            try:
+                out.append(Run(self.run_dir(key)))
+            except StoreError as err:
+                if broken == "raise":
+                    raise
+                warnings.warn(f"skipped: {err}", stacklevel=2)
+        return out
 
     def save(self, config: Mapping, output: RunOutput, *, seconds: float | None = None,
              hashes: Mapping[str, str] | None = None) -> Run:
-        """Write a completed run atomically and return it."""
+        """Write a completed run atomically and return it.
+
+        Table and file names must be plain names (:class:`StoreError` otherwise): they
+        become paths inside the run folder.
+        """
         key = config_key(config)
+        for name in output.tables:
+            _check_name(name, "table")
+        for name in output.files or {}:
+            _check_name(name, "file")
         staging = self.root / "tmp" / f"{key}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
@@ -186,13 +260,30 @@ class ResultsStore:
 
     def get_or_compute(self, config: Mapping, compute: Callable[[Path], RunOutput], *,
                        hashes: Mapping[str, str] | None = None) -> Run:
-        """Load the run for ``config``, or call ``compute(work_dir)`` and save what it returns."""
+        """Load the run for ``config``, or call ``compute(work_dir)`` and save what it returns.
+
+        While computing, the process holds ``locks/<key>.lock``: another process asking for
+        the same run waits (with a warning naming the pid) and then loads it instead of
+        computing it again. The kernel releases the lock of a process that dies.
+        """
         key = config_key(config)
         if self.exists(key):
             return self.load(key)
-        start = time.perf_counter()
-        output = compute(self.work_dir(key))
-        run = self.save(config, output, seconds=time.perf_counter() - start, hashes=hashes)
+
+        def waiting(pid):
+            who = f"pid {pid}" if pid is not None else "another process"
+            warnings.warn(f"run {key} in {self.root} is being computed by {who}; waiting for "
+                          "it", stacklevel=4)
+
+        locks = self.root / "locks"
+        with FolderLock(locks, path=locks / f"{key}.lock", what=f"computation of run {key}",
+                        blocking=True, on_wait=waiting):
+            if self.exists(key):  # computed by the process we waited for
+                return self.load(key)
+            start = time.perf_counter()
+            output = compute(self.work_dir(key))
+            run = self.save(config, output, seconds=time.perf_counter() - start,
+                            hashes=hashes)
         self.computed += 1
         return run
 

@@ -48,6 +48,7 @@ import signal
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ from .._util import SignalFlag
 from ..errors import InputError
 from .pipeline import LOSSES, train_config
 from .profiles import PROFILES, Profile, get_profile
-from .store import ResultsStore, RunOutput, config_key
+from .store import ResultsStore, RunOutput, StoreError, config_key
 
 __all__ = [
     "DESIGNS",
@@ -1336,12 +1337,18 @@ def results_table(store: ResultsStore | str | os.PathLike, table: str | None = N
         known.update(flat)
         if not _matches(flat, filters):
             continue
+        try:  # a damaged table names its file and skips its run; the listing goes on
+            if table is None:
+                row["final_loss"] = _final_loss(run)
+            elif table in run.meta.get("tables", []):
+                frame = run.table(table)
+        except StoreError as err:
+            warnings.warn(f"skipped: {err}", stacklevel=2)
+            continue
         if table is None:
-            row["final_loss"] = _final_loss(run)
             row.update((run.meta.get("info") or {}).get("headline", {}))
             rows.append(row)
         elif table in run.meta.get("tables", []):
-            frame = run.table(table)
             for col, value in (("run", run.key), ("kind", kind), ("loss", loss),
                                ("seed", cfg.get("seed"))):
                 if col not in frame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,3 +94,114 @@ def test_profiles(monkeypatch):
     assert PROFILES["ci"].replace(epochs=2).epochs == 2
     with pytest.raises(TypeError, match="unknown profile setting"):
         PROFILES["ci"].replace(epoch=2)
+
+
+# --------------------------------------------------------------------------- reliability
+@pytest.mark.parametrize("tables, files", [
+    ({"../../x": pd.DataFrame({"a": [1]})}, None),
+    ({"sub/x": pd.DataFrame({"a": [1]})}, None),
+    ({"metrics": pd.DataFrame({"a": [1]})}, {"../evil": None}),
+    ({"..": pd.DataFrame({"a": [1]})}, None),
+])
+def test_names_that_would_leave_the_store_are_refused(tmp_path, tables, files):
+    from brainkit.experiments.store import StoreError
+
+    store = ResultsStore(tmp_path / "store")
+    src = tmp_path / "payload.bin"
+    src.write_bytes(b"x")
+    files = {k: src for k in files} if files else None
+    with pytest.raises(StoreError, match="expected a plain name"):
+        store.save({"loss": "exp"}, RunOutput(tables=tables, files=files))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["payload.bin", "store"]
+    assert not list((tmp_path / "store").rglob("*.parquet"))
+    with pytest.raises(StoreError, match="run key"):
+        store.run_dir("../../etc")
+
+
+def test_reading_a_table_or_file_by_a_path_is_refused(tmp_path):
+    from brainkit.experiments.store import StoreError
+
+    run = ResultsStore(tmp_path).save({"loss": "exp"}, output(1.0))
+    with pytest.raises(StoreError, match="expected a plain name"):
+        run.table("../../../x")
+    with pytest.raises(StoreError, match="expected a plain name"):
+        run.file("../meta.json")
+
+
+def test_a_truncated_meta_json_is_named_and_skipped_by_listings(tmp_path, capsys):
+    from brainkit.cli import main
+    from brainkit.experiments.store import StoreError
+
+    store = ResultsStore(tmp_path)
+    good = store.save({"kind": "train", "loss": "exp"}, output(1.0))
+    bad = store.save({"kind": "train", "loss": "l1"}, output(2.0))
+    meta = bad.path / "meta.json"
+    meta.write_text(meta.read_text()[:40])
+    with pytest.warns(UserWarning, match=rf"skipped: {meta}: not valid JSON"):
+        runs = store.runs()
+    assert [r.key for r in runs] == [good.key]
+    with pytest.raises(StoreError, match=rf"{meta}: not valid JSON.*delete {bad.path}"):
+        store.runs(broken="raise")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        store.get_or_compute({"kind": "train", "loss": "l1"}, lambda work: output(2.0))
+    assert main(["results", "--store", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert f"brainkit results: warning: skipped: {meta}: not valid JSON" in captured.err
+    assert good.key in captured.out and bad.key not in captured.out
+
+
+def test_a_truncated_table_is_named(tmp_path):
+    from brainkit.experiments.store import StoreError
+
+    run = ResultsStore(tmp_path).save({"loss": "exp"}, output(1.0))
+    path = run.path / "metrics.parquet"
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(StoreError, match=rf"{path}: unreadable parquet table"):
+        run.table("metrics")
+
+
+def test_two_processes_asking_for_one_run_compute_it_once(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    script = textwrap.dedent(f"""
+        import os, sys, time, warnings
+        import pandas as pd
+        sys.path.insert(0, {root!r})
+        from brainkit.experiments.store import ResultsStore, RunOutput
+        warnings.simplefilter("always")
+        def compute(work_dir):
+            with open({str(tmp_path / 'calls.txt')!r}, "a") as fh:
+                fh.write(sys.argv[1] + "\\n")
+            deadline = time.monotonic() + 60
+            while not os.path.exists({str(tmp_path / 'release')!r}):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            return RunOutput(tables={{"metrics": pd.DataFrame({{"mae": [1.0]}})}})
+        open({str(tmp_path / 'started-')!r} + sys.argv[1], "w").close()
+        run = ResultsStore({str(tmp_path / 'store')!r}).get_or_compute({{"loss": "exp"}},
+                                                                       compute)
+        print(run.table("metrics")["mae"].tolist())
+    """)
+    first = subprocess.Popen([sys.executable, "-c", script, "first"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "calls.txt").exists():  # the first one is computing
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.Popen([sys.executable, "-c", script, "second"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "started-second").exists():
+        assert time.monotonic() < deadline and second.poll() is None, second.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # the second now waits for the first's lock
+    (tmp_path / "release").touch()
+    out, err = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, (err, err2)
+    assert out.strip() == out2.strip() == "[1.0]"
+    assert (tmp_path / "calls.txt").read_text().split() == ["first"], "computed once"
+    assert f"being computed by pid {first.pid}; waiting" in err2
