@@ -56,6 +56,11 @@ def brain_age_gap(y_true, y_pred) -> np.ndarray:
     return y_pred - y_true
 
 
+#: Smallest spread of chronological ages (years) a bias line is fitted on: below it the
+#: ages are numerically constant (1e-9 years apart once gave a slope of 1.5e9).
+_MIN_AGE_SPAN = 1e-3
+
+
 class AgeBiasCorrector:
     """Linear age-bias correction of predicted ages.
 
@@ -117,8 +122,11 @@ class AgeBiasCorrector:
         n = same_length(age=age, age_pred=age_pred)
         if n < 3:
             raise ValueError(f"fit needs at least 3 predictions; got {n}")
-        if np.ptp(age) == 0:
-            raise ValueError("age is constant; the bias line cannot be fitted")
+        if np.ptp(age) < _MIN_AGE_SPAN:
+            raise ValueError(f"age is constant to within {np.ptp(age):.3g} years (all "
+                             f"{age.min():.6g}): the bias line cannot be fitted (its slope "
+                             "would be arbitrary); fit on predictions whose ages span at least "
+                             f"{_MIN_AGE_SPAN:g} years")
         target = age_pred - age if self.method == "beheshti" else age_pred
         slope, intercept = np.polyfit(age, target, 1)
         if self.method == "cole" and abs(slope) < 1e-3:

@@ -231,6 +231,12 @@ def fit_bag_trajectories(table: pd.DataFrame, value: str = "bag",
 
     y = _numeric_column(data, value).to_numpy()
     t = _numeric_column(data, time).to_numpy()
+    visits = pd.Series(t, index=data.index).groupby(data[subject].to_numpy()).nunique()
+    if not (visits >= 2).any():
+        raise ValueError(f"column {time!r}: each of the {len(visits)} subjects is seen at a "
+                         "single time; a longitudinal mixed model needs subjects with visits "
+                         "at two or more times (for one visit per subject, compare the groups "
+                         "cross-sectionally instead)")
     groups = order_groups(data[group])
     if len(groups) < 2:
         raise ValueError(f"column {group!r} must contain at least two groups; got {groups}")

@@ -115,3 +115,13 @@ def test_bag_roc_equals_pairwise_count_with_ties():
         bag_roc([1.0, 2.0], [1, 1])
     with pytest.raises(ValueError, match="only 0/1"):
         bag_roc([1.0, 2.0], [0, 2])
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-9, 1e-5])
+def test_bias_line_on_numerically_constant_ages_is_refused(rng, spread):
+    # ages 1e-9 years apart once gave a slope of 1.5e9, silently
+    age = 50.0 + spread * rng.normal(size=20)
+    with pytest.raises(ValueError, match=r"age is constant to within .* years"):
+        AgeBiasCorrector().fit(age, age + rng.normal(size=20))
+    age = 50.0 + 0.01 * rng.normal(size=20)  # ages hours apart: a (noisy) line, not refused
+    assert np.isfinite(AgeBiasCorrector().fit(age, age + rng.normal(size=20)).slope_)

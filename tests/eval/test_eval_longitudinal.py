@@ -111,6 +111,14 @@ def test_input_errors(rng):
         fit_bag_trajectories(table.assign(sex="F"))
 
 
+def test_one_visit_per_subject_is_refused_with_a_reason(rng):
+    # every subject seen once: statsmodels said only "Singular matrix"
+    table = planted_cohort(rng, visits=(0.0, 1.0)).drop_duplicates("subject_id")
+    with pytest.raises(ValueError, match=r"each of the 160 subjects is seen at a single time; "
+                                         r"a longitudinal mixed model needs"):
+        fit_bag_trajectories(table)
+
+
 def test_oasis2_demented_decline_faster_in_nwbv(shared_data):
     """Real data: normalised whole-brain volume falls faster in dementia (OASIS-2)."""
     raw = pd.read_csv(shared_data / "oasis" / "oasis_longitudinal.csv")
