@@ -97,7 +97,7 @@ class FolderLock:
     """An exclusive lock on a folder, held by one process at a time.
 
     ``fcntl.flock`` on ``folder/.brainkit.lock`` (created if needed, with the holder's pid,
-    host and start time written in it). The kernel releases the lock when the holder exits,
+    host, start time and ``what`` written in it). The kernel releases the lock when the holder exits,
     however it exits (SIGKILL included), so a crashed process never blocks the next one and
     there is no stale-lock guessing. Advisory: it stops other brainkit processes, not other
     programs. On systems without ``fcntl`` (Windows) it does nothing.
@@ -140,20 +140,27 @@ class FolderLock:
     @staticmethod
     def holder(path) -> int | None:
         """The pid written in a lock file (None if unreadable)."""
+        return FolderLock._read(path)[0]
+
+    @staticmethod
+    def _read(path) -> tuple[int | None, str | None]:
+        """``(pid, what)`` written in a lock file (None where unreadable)."""
         try:
-            first = Path(path).read_text().split()
-            return int(first[0]) if first else None
+            fields = Path(path).read_text().split(maxsplit=3)
+            pid = int(fields[0]) if fields else None
+            return pid, (fields[3].strip() if len(fields) > 3 else None)
         except (OSError, ValueError):
-            return None
+            return None, None
 
     def _refuse(self):
         from .errors import FolderLockedError
 
-        pid = self.holder(self.path)
+        pid, what = self._read(self.path)
         who = f"pid {pid}" if pid is not None else "another process"
         raise FolderLockedError(
-            f"{self.folder} is in use by another {self.what} ({who} holds {self.path}); wait "
-            "for it to finish or choose another folder", folder=self.folder, pid=pid)
+            f"{self.folder} is in use by another {what or self.what} ({who} holds "
+            f"{self.path}); wait for it to finish or choose another folder",
+            folder=self.folder, pid=pid)
 
     def acquire(self) -> FolderLock:
         if fcntl is None or self._fd is not None:
@@ -193,7 +200,7 @@ class FolderLock:
             break
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()} "
-                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.what}\n".encode())
         self._fd = fd
         return self
 

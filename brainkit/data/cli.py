@@ -40,13 +40,14 @@ def _parse_sizes(text: str) -> dict[str, int]:
 
 def _refuse_existing_out(out: Path, overwrite: bool) -> None:
     """``--out`` must be absent or empty, or hold a cohort and ``--overwrite`` be given."""
+    from brainkit._util import LOCK_NAME
     from brainkit.errors import ExistingOutputError
 
     if not out.exists():
         return
     if not out.is_dir():
         raise ExistingOutputError(f"--out {out}: a file of that name exists; choose a folder")
-    entries = sorted(p.name for p in out.iterdir())
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
     if not entries:
         return
     if (out / "cohort.json").is_file():
@@ -62,13 +63,22 @@ def _refuse_existing_out(out: Path, overwrite: bool) -> None:
 def _synth(args) -> int:
     from .synthetic import make_merged
 
+    from brainkit._util import FolderLock
+
     out = Path(args.out)
     _refuse_existing_out(out, args.overwrite)  # before the (minutes-long) generation
-    cohort = make_merged(args.presets, grid_mm=args.grid_mm, seed=args.seed)
-    _refuse_existing_out(out, args.overwrite)  # someone may have written there meanwhile
-    if (out / "packed.npy").exists():  # a replaced packed cohort's store (save writes images.npy)
-        (out / "packed.npy").unlink()
-    cohort.save(out)
+    created = not out.exists()
+    try:
+        with FolderLock(out, what="data synth", remove=True):  # a second synth refuses
+            cohort = make_merged(args.presets, grid_mm=args.grid_mm, seed=args.seed)
+            _refuse_existing_out(out, args.overwrite)  # written there meanwhile?
+            if (out / "packed.npy").exists():  # a replaced packed cohort's image store
+                (out / "packed.npy").unlink()
+            cohort.save(out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     print(f"{cohort} -> {args.out}")
     return 0
 

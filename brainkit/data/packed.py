@@ -78,6 +78,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._util import FolderLock
 from .cohort import Cohort, CohortError, _atomic_write
 
 __all__ = [
@@ -696,33 +697,36 @@ def pack_cohort(cohort: Cohort, out: str | os.PathLike, dtype: str = "uint8", *,
         scale, offset, value_range = 1.0, 0.0, None
     crop = _crop(box)
     shape = (len(cohort),) + tuple(b - a for a, b in box)
-    out.mkdir(parents=True, exist_ok=True)
+    # locked while writing: a second pack into the same folder refuses, naming this pid
+    lock = FolderLock(out, what="data pack", remove=True).acquire()
+    try:
+        def write(tmp):
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            with _progress(len(cohort), progress, "pack") as bar:
+                for start, stop in _rows(len(cohort), 4 * int(np.prod(cohort.grid_shape))):
+                    block = cohort.images(np.arange(start, stop))[crop]
+                    if dtype == "uint8":
+                        block -= np.float32(offset)
+                        block /= np.float32(scale)
+                        np.rint(block, out=block)
+                        np.clip(block, 0, 255, out=block)
+                    arr[start:stop] = block.astype(dtype)
+                    bar.update(stop - start)
+            arr.flush()
+            del arr
 
-    def write(tmp):
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
-        with _progress(len(cohort), progress, "pack") as bar:
-            for start, stop in _rows(len(cohort), 4 * int(np.prod(cohort.grid_shape))):
-                block = cohort.images(np.arange(start, stop))[crop]
-                if dtype == "uint8":
-                    block -= np.float32(offset)
-                    block /= np.float32(scale)
-                    np.rint(block, out=block)
-                    np.clip(block, 0, 255, out=block)
-                arr[start:stop] = block.astype(dtype)
-                bar.update(stop - start)
-        arr.flush()
-        del arr
-
-    _atomic_write(out / PACKED_NAME, write)
-    data = np.load(out / PACKED_NAME, mmap_mode="r")
-    packed = Cohort(cohort.table, PackedStore(data, grid_shape=cohort.grid_shape, box=box,
-                                              scale=scale, offset=offset,
-                                              value_range=value_range, margin=margin),
-                    cohort.affine, _validated=True)
-    packed.save(out)
-    stale = out / "images.npy"
-    if stale.exists():
-        stale.unlink()
+        _atomic_write(out / PACKED_NAME, write)
+        data = np.load(out / PACKED_NAME, mmap_mode="r")
+        packed = Cohort(cohort.table, PackedStore(data, grid_shape=cohort.grid_shape, box=box,
+                                                  scale=scale, offset=offset,
+                                                  value_range=value_range, margin=margin),
+                        cohort.affine, _validated=True)
+        packed.save(out)
+        stale = out / "images.npy"
+        if stale.exists():
+            stale.unlink()
+    finally:
+        lock.release()
     return Cohort.load(out)
 
 

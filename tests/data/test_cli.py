@@ -75,3 +75,14 @@ def test_a_missing_cohort_is_one_line(argv, tmp_path, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere/cohort.json not found" in err
+
+
+def test_a_second_synth_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    from brainkit._util import FolderLock
+
+    out = tmp_path / "c"
+    with FolderLock(out, what="data synth", remove=True):
+        assert main(["data", "synth", "--presets", "openbhb=4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another data synth (pid " in err
+    assert list(out.iterdir()) == []

@@ -359,3 +359,26 @@ def test_cli_pack(tmp_path, capsys):
     with pytest.raises(SystemExit):
         brainkit_main(["data", "pack", str(tmp_path / "c"), "--out", str(tmp_path / "q"),
                        "--dtype", "int8"])
+
+
+def test_a_packed_cohort_edited_after_saving_is_refused(tmp_path):
+    make_cohort(brain_images(seed=6)).save(tmp_path / "c")
+    pack_cohort(Cohort.load(tmp_path / "c"), tmp_path / "p")
+    arr = np.load(tmp_path / "p" / "packed.npy", mmap_mode="r+")
+    arr[0, 1, 1, 1] = 255 - arr[0, 1, 1, 1]
+    arr.flush()
+    del arr
+    with pytest.raises(CohortError, match=r"content changed after the cohort was saved .*"
+                                          r"\(changed: packed.npy\)"):
+        Cohort.load(tmp_path / "p")
+
+
+def test_a_second_pack_into_a_folder_in_use_is_refused(tmp_path):
+    from brainkit._util import FolderLock
+    from brainkit.errors import FolderLockedError
+
+    make_cohort(brain_images(seed=7)).save(tmp_path / "c")
+    with FolderLock(tmp_path / "p", what="data pack", remove=True):
+        with pytest.raises(FolderLockedError, match="in use by another data pack"):
+            pack_cohort(Cohort.load(tmp_path / "c"), tmp_path / "p")
+    assert len(pack_cohort(Cohort.load(tmp_path / "c"), tmp_path / "p")) > 0
