@@ -97,9 +97,9 @@ class FolderLock:
     """An exclusive lock on a folder, held by one process at a time.
 
     ``fcntl.flock`` on ``folder/.brainkit.lock`` (created if needed, with the holder's pid,
-    host, start time and ``what`` written in it). The kernel releases the lock when the holder exits,
-    however it exits (SIGKILL included), so a crashed process never blocks the next one and
-    there is no stale-lock guessing. Advisory: it stops other brainkit processes, not other
+    host, start time and ``what`` written in it). The kernel releases the lock when the
+    holder exits, however it exits (SIGKILL included), so a crashed process never blocks the
+    next one and there is no stale-lock guessing. Advisory: it stops other brainkit processes, not other
     programs. On systems without ``fcntl`` (Windows) it does nothing.
 
     Parameters
