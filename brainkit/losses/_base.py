@@ -57,8 +57,9 @@ def prepare_inputs(
     With ``temperature``, ``z`` must also be small enough that the similarities
     ``<z_n, z_m> / temperature`` (or, with ``distance``, ``||z_n - z_m|| / temperature``)
     cannot overflow the compute dtype: every later step of the losses is then finite, value
-    and gradient. The bound used is ``D max|z|^2 / temperature`` (``2 sqrt(D) max|z| /
-    temperature``), at most a quarter of the dtype's largest number.
+    and gradient. The bound used is ``D max|z|^2 / temperature`` (distances: the larger of
+    ``2 sqrt(D) max|z| / temperature`` and the squared sum ``4 D max|z|^2``), at most a
+    quarter of the dtype's largest number.
 
     Raises
     ------
@@ -105,7 +106,10 @@ def prepare_inputs(
         raise ValueError(f"{loss}: y contains NaN or infinite values")
     if temperature is not None:
         dim = z.shape[1]
-        bound = (2.0 * math.sqrt(dim) * z_max if distance else dim * z_max * z_max) / temperature
+        if distance:  # ||z_n - z_m|| sums squares first: bound those too
+            bound = max(2.0 * math.sqrt(dim) * z_max / temperature, 4.0 * dim * z_max * z_max)
+        else:
+            bound = dim * z_max * z_max / temperature
         if not bound <= torch.finfo(z.dtype).max / 4:
             what = "||z_n - z_m||" if distance else "<z_n, z_m>"
             raise ValueError(
