@@ -16,19 +16,20 @@ by several designs (the largest scaling size *is* the merged run) are trained on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..data.splits import check_no_leakage, subject_kfold
-from .pipeline import run_embeddings, run_predictions, train_encoder
+from ..data.splits import check_no_leakage, subject_kfold, subject_subset
+from .pipeline import BASELINE, run_embeddings, run_predictions, train_encoder
 from .profiles import Profile, get_profile
 from .store import ResultsStore, RunOutput, default_store
 
 __all__ = [
     "default_cohort",
+    "synthetic_cohort",
     "PretrainingSplit",
     "pretraining_split",
     "challenge_metrics",
@@ -39,22 +40,69 @@ __all__ = [
 ]
 
 
-def default_cohort(profile: str | Profile | None = None):
+def default_cohort(profile: str | Profile | None = None, *, store: ResultsStore | None = None):
     """The cohort the book analyses.
 
     ``BRAINKIT_COHORT`` names a saved cohort (e.g. real data imported with
     ``brainkit cohort import``); otherwise the merged synthetic cohort of the profile
-    (``profile.cohort_sizes`` on ``profile.grid_mm``, seed 0).
+    (``profile.cohort_sizes`` on ``profile.grid_mm``, seed 0), generated once and kept in the
+    store's ``cohorts/`` folder (keyed by the sizes, the grid and the generator's source), so
+    every chapter memory-maps the same images instead of generating them again.
     """
     import os
 
-    from ..data import Cohort, make_merged
+    from ..data import Cohort
 
     path = os.environ.get("BRAINKIT_COHORT")
     if path:
         return Cohort.load(path)
     profile = get_profile(profile)
-    return make_merged(profile.cohort_sizes, grid_mm=profile.grid_mm, seed=0)
+    store = store if store is not None else default_store()
+    return synthetic_cohort(profile.cohort_sizes, grid_mm=profile.grid_mm, seed=0,
+                            cache=store.root / "cohorts")
+
+
+def synthetic_cohort(sizes: Mapping[str, int], *, grid_mm: float, seed: int = 0, cache=None):
+    """:func:`brainkit.data.make_merged`, saved under ``cache`` and loaded from there next time.
+
+    The cache folder's name holds a digest of the arguments and of the generator (its source,
+    its preset summaries and the nilearn version whose template it resamples), so a change to
+    any of them makes a new cohort. Two processes may race to fill it: the first to finish
+    publishes its folder (an atomic rename), the other's copy is discarded.
+    """
+    import hashlib
+    import importlib.metadata
+    import shutil
+    import tempfile
+    from importlib import resources
+    from pathlib import Path
+
+    from ..data import Cohort, make_merged
+
+    if cache is None:
+        return make_merged(sizes, grid_mm=grid_mm, seed=seed)
+    package = resources.files("brainkit.data")
+    h = hashlib.sha256(repr((sorted(sizes.items()), float(grid_mm), int(seed))).encode())
+    for name in ("synthetic.py", "_synthetic_presets.json"):
+        h.update(package.joinpath(name).read_bytes())
+    h.update(importlib.metadata.version("nilearn").encode())
+    cache = Path(cache)
+    folder = cache / f"synthetic-{h.hexdigest()[:16]}"
+    if (folder / "cohort.json").is_file():
+        return Cohort.load(folder)
+    cohort = make_merged(sizes, grid_mm=grid_mm, seed=seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=cache))
+    try:
+        cohort.save(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:          # another process published it first
+            if not (folder / "cohort.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Cohort.load(folder)
 
 
 @dataclass(frozen=True)
@@ -80,23 +128,49 @@ class PretrainingSplit:
         return np.sort(np.concatenate(list(self.pools.values())))
 
 
-def pretraining_split(cohort, *, test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
-    """Split each dataset's healthy controls into a training pool and a test set.
+def pretraining_split(cohort, *, pool_sizes: Mapping[str, int] | None = None,
+                      test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
+    """Split each dataset's healthy controls into a training pool and test sets.
 
-    A dataset whose rows carry the OpenBHB test splits keeps its official split (``train`` is the pool,
-    ``internal_test`` the test set, ``external_test`` the external set). Every other dataset
-    holds out one subject-level, age-stratified fold (``1 / test_folds`` of its subjects).
+    Parameters
+    ----------
+    cohort : brainkit.data.Cohort
+    pool_sizes : mapping of str to int, optional
+        Images each dataset contributes to pre-training ("train small, test big"): whole
+        subjects are drawn, stratified by site (OpenBHB) or by age, until the size is reached;
+        every other healthy image of the dataset is a test image. A dataset not named here,
+        one whose pool would leave less than ``1 / test_folds`` of its images for testing,
+        or ``None``: one subject-level, age-stratified fold (``1 / test_folds`` of its
+        subjects) is held out.
+    test_folds : int, default 5
+    seed : int, default 0
+        Seeds the draw (the designs keep it fixed while training seeds vary).
+
+    A dataset whose rows carry the OpenBHB test splits keeps its official sites: the pool is
+    drawn from ``train`` rows (all of them without a pool size), the test set holds the
+    seen-site images that are not in the pool (``internal_test`` plus the undrawn ``train``
+    rows of sites in the pool), and ``external_test`` is the external set.
     """
     table = cohort.table
     hc = table["diagnosis"].to_numpy() == "HC"
+    site = table["site"].astype(str).to_numpy()
     split = table["split"].astype(str).to_numpy() if "split" in table else None
+    sizes = dict(pool_sizes or {})
     pools, tests, external = {}, {}, []
     for dataset in sorted(table["dataset"].unique()):
         rows = np.flatnonzero(hc & (table["dataset"].to_numpy() == dataset))
+        size = sizes.get(dataset)
         if split is not None and np.isin(split[rows], ("internal_test", "external_test")).any():
-            pools[dataset] = rows[split[rows] == "train"]
-            tests[dataset] = rows[split[rows] == "internal_test"]
+            train = rows[split[rows] == "train"]
+            pool = train if size is None else subject_subset(table, train, size, seed=seed,
+                                                             strata=site)
+            seen = np.isin(site[rows], site[pool]) & (split[rows] != "external_test")
+            pools[dataset] = pool
+            tests[dataset] = np.setdiff1d(rows[seen], pool)
             external.append(rows[split[rows] == "external_test"])
+        elif size is not None and size <= len(rows) * (1 - 1 / test_folds):
+            pools[dataset] = subject_subset(table, rows, size, seed=seed)
+            tests[dataset] = np.setdiff1d(rows, pools[dataset])
         else:
             train, test = subject_kfold(table, test_folds, seed=seed, indices=rows)[0]
             pools[dataset], tests[dataset] = np.sort(train), np.sort(test)
@@ -163,8 +237,17 @@ def _challenge(run, cohort, tr, te, ex) -> dict:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
         res = openbhb_challenge((z[tr], age[tr], site[tr]), (z[te], age[te], site[te]),
                                 (z[ex], age[ex]))
-    return {"bacc": res.bacc, "mae_int": res.mae_int, "mae_ext": res.mae_ext,
-            "score": res.score, "bacc_chance": res.bacc_chance}
+    out = {"bacc": res.bacc, "mae_int": res.mae_int, "mae_ext": res.mae_ext,
+           "score": res.score, "bacc_chance": res.bacc_chance}
+    if run.config["loss"] == BASELINE:
+        # The voxel baseline's age readout is the ridge on all masked voxels (its
+        # "embedding", principal components of the voxels, serves the site probe).
+        from ..eval import challenge_score, mae
+
+        pred = run_predictions(run, cohort, tr)
+        out.update(mae_int=mae(age[te], pred[te]), mae_ext=mae(age[ex], pred[ex]))
+        out["score"] = challenge_score(out["bacc"], out["mae_ext"])
+    return out
 
 
 def _age_metrics(age, pred) -> dict:
@@ -191,7 +274,7 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
     """
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     age = cohort.table["age"].to_numpy(dtype=float)
     rows = []
     for loss in losses:
@@ -262,7 +345,7 @@ def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | No
     """
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     pool = split.merged
     sizes = list(train_sizes or profile.train_sizes)
     sizes = [min(n, len(pool)) for n in sizes]
@@ -304,7 +387,7 @@ def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     table = cohort.table
     age = table["age"].to_numpy(dtype=float)
     healthy = np.sort(np.concatenate(list(split.tests.values())))
@@ -362,7 +445,7 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
     folds = folds or profile.folds
     epochs = epochs or profile.finetune_epochs
     lr = lr or profile.finetune_lr
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     if pretrain_dataset not in split.pools:
         raise ValueError(f"the cohort has no {pretrain_dataset!r} healthy controls to pretrain on")
     table = cohort.table

@@ -447,7 +447,7 @@ def _design_plan(run: DesignRun, cohort, profile: Profile, where: str) -> list[n
             raise GridError(f"{where} (cross_validate): {err} (healthy controls)") from None
         return [train for train, _ in splits]
     try:
-        split = pretraining_split(cohort, seed=run.seed)
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     except ValueError as err:
         raise GridError(f"{where} ({run.design}): {err} (every dataset holds out one of five "
                         "subject-level folds of its healthy controls)") from None
