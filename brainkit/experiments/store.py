@@ -190,8 +190,11 @@ class ResultsStore:
         key = config_key(config)
         if self.exists(key):
             return self.load(key)
+        from .progress import describe, step
+
         start = time.perf_counter()
-        output = compute(self.work_dir(key))
+        with step(describe(config)):
+            output = compute(self.work_dir(key))
         run = self.save(config, output, seconds=time.perf_counter() - start, hashes=hashes)
         self.computed += 1
         return run
