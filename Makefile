@@ -33,10 +33,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 setup: $(STAMP)
 
 book: $(STAMP)
-	@start=$$(date +%s); \
-	$(BIN)/jupyter-book build book --warningiserror --nitpick --keep-going \
-	  && echo "Built in $$(( $$(date +%s) - start )) s (profile $(BRAINKIT_PROFILE))." \
-	  && echo "Book HTML: $(CURDIR)/book/_build/html/index.html"
+	@$(BIN)/python -m brainkit.bookbuild book
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

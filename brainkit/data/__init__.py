@@ -33,7 +33,13 @@ from .openbhb import load_openbhb, load_openbhb_flat, mask_volume, openbhb_table
 from .paths import data_root
 from .realdata import fcon1000_table, label_mci_conversion, oasis1_table, oasis2_table, read_table
 from .synthetic import make_cohort, make_merged
-from .splits import LeakageError, check_no_leakage, official_split, subject_kfold
+from .splits import (
+    LeakageError,
+    check_no_leakage,
+    official_split,
+    subject_kfold,
+    subject_subset,
+)
 
 __all__ = [
     "AUGMENTATIONS",
@@ -78,6 +84,7 @@ __all__ = [
     "RandomTransform",
     "read_table",
     "subject_kfold",
+    "subject_subset",
     "unmask",
     "validate_table",
 ]

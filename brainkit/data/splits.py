@@ -12,7 +12,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .cohort import SPLITS
 
-__all__ = ["LeakageError", "subject_kfold", "check_no_leakage", "official_split"]
+__all__ = ["LeakageError", "subject_kfold", "subject_subset", "check_no_leakage",
+           "official_split"]
 
 
 class LeakageError(AssertionError):
@@ -75,6 +76,58 @@ def subject_kfold(table: pd.DataFrame, n_splits: int = 5, *, seed: int = 0,
         check_no_leakage(table, tr, te)
         folds.append((tr, te))
     return folds
+
+
+def subject_subset(table: pd.DataFrame, indices, size: int, *, seed: int = 0,
+                   strata=None) -> np.ndarray:
+    """Whole subjects, drawn in a stratified random order, until ``size`` images are taken.
+
+    Subjects are ordered by ``(r + u) / m``: ``r`` a random rank within the subject's stratum,
+    ``u`` a uniform jitter and ``m`` the stratum's size (systematic stratified sampling), so
+    every prefix of the order holds each stratum in about its share. The subset is the
+    shortest prefix with at least ``size`` images (the last subject is taken whole).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Cohort table with ``subject_id`` and ``age``.
+    indices : array-like of int
+        Candidate rows (positions in ``table``).
+    size : int
+        Images wanted (>= 1); all candidates when it exceeds their number.
+    seed : int, default 0
+    strata : array-like of shape (len(table),), optional
+        A label per row (e.g. the site); a subject's stratum is that of its first row.
+        Default: deciles of the subjects' baseline ages.
+
+    Returns
+    -------
+    numpy.ndarray of int
+        Sorted positions in ``table``, a subset of ``indices``.
+    """
+    rows = np.sort(np.asarray(indices, dtype=np.int64))
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if size >= len(rows):
+        return rows
+    subjects = table["subject_id"].astype(str).to_numpy()[rows]
+    first = pd.Series(np.arange(len(rows))).groupby(subjects, sort=True).first()
+    if strata is None:
+        baseline = pd.Series(table["age"].to_numpy(dtype=float)[rows]).groupby(
+            subjects, sort=True).min().to_numpy()
+        key = _age_bins(baseline, 1)
+    else:
+        key = np.asarray(strata)[rows][first.to_numpy()]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    position = np.empty(len(first))
+    for value in pd.unique(key):
+        members = np.flatnonzero(key == value)
+        rank = rng.permutation(len(members))
+        position[members] = (rank + rng.random(len(members))) / len(members)
+    order = first.index.to_numpy()[np.argsort(position, kind="stable")]
+    counts = pd.Series(subjects).value_counts().reindex(order).to_numpy()
+    take = order[:int(np.searchsorted(np.cumsum(counts), size) + 1)]
+    return rows[np.isin(subjects, take)]
 
 
 def check_no_leakage(table: pd.DataFrame, train_idx, test_idx, *, subject: str = "subject_id") -> None:

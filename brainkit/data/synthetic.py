@@ -7,10 +7,14 @@ generative model, per image:
 .. code-block:: text
 
     log GM(x) = log T(x)                                  template on the grid
-              - sum_r W_r(x) * load_r(bio_age)            regional ageing
+              - sum_r W_r(x) * load_r(bio_age)            regional ageing (tissue loss)
               - W_mtl(x) * severity                       disease (pMCI, AD)
               + anatomy_subject(x) + scale_subject        age-independent anatomy
-    image(x)  = clip(gain_site * (G_site * GM)(x) * bias_site(x) + offset_site
+    u(x)      = s_subject(x)                              individual shape (mm)
+              + (vent(bio_age) + 10 severity) V(x)        ventricles widen
+              + cortex(bio_age) C(x)                      the cortex recedes, sulci widen
+              + 35 severity M(x)                          the medial temporal lobe shrinks
+    image(x)  = clip(gain_site * (G_site * GM(. - u))(x) * bias_site(x) + offset_site
                      + noise_site * e(x), 0, 1) * mask(x)
 
 - ``W_r`` are smooth regional weight maps (global, frontal, lateral temporal, parietal,
@@ -22,6 +26,14 @@ generative model, per image:
   pMCI ~ N(3, 2.5) + 1.5 / year, AD ~ N(6, 2.5) + 2 / year of follow-up.
 - ``W_mtl`` is a medial-temporal map around MNI (+-26, -20, -16) mm; pMCI and AD lose extra
   grey matter there, more at every visit.
+- Ageing is also shape, as in real brains (a linear model on voxels captures it poorly):
+  each image is warped by a smooth displacement ``u`` (mm). ``V`` pushes tissue away from the
+  lateral ventricles, ``C`` pulls the brain's surface inwards (normalised gradients of the
+  smoothed ventricle and brain masks of nilearn's MNI152 templates), ``M`` contracts the
+  medial temporal lobe; ``vent(a)`` and ``cortex(a)`` grow with age and accelerate after 60
+  (4.0 and 1.9 mm at 80), and disease acts through the same fields. ``s_subject`` is a
+  smooth random field (3 mm per axis, mean translation included), fixed over visits: the
+  individual shape that registration to MNI leaves.
 - ``anatomy_subject`` is a smooth random field (a low-frequency cosine basis in MNI mm, so
   the same subject looks the same on every grid; log-sd 0.15 per voxel), constant over a
   subject's visits; ``scale_subject`` follows TIV plus a global N(0, 0.05) term.
@@ -106,6 +118,25 @@ _AGEING: dict[str, tuple[tuple[float, float, float] | None, float, float, float,
 # Disease: medial temporal lobe (hippocampus / entorhinal), MNI (+-26, -20, -16) mm.
 _MTL = ((26.0, -20.0, -16.0), 9.0)
 
+# Ageing as shape, on top of the grey-matter loss: every image is the grey-matter map above
+# resampled as out(x) = in(x - u(x)), with a displacement u in MNI mm (see _shape_fields):
+#   u = s_subject(x)                        individual shape, constant over visits
+#     + vent(a) V(x) + cortex(a) C(x)       ventricles widen, the cortex recedes (sulci widen)
+#     + severity * (mtl_mm M(x) + vent_mm V(x))   disease: the same mechanism, faster
+# V pushes tissue away from the lateral ventricles and C pulls the brain's surface inwards
+# (both the normalised gradient of a smoothed mask, from nilearn's MNI152 templates: peak 1,
+# zero far from the structure); M shrinks the medial temporal lobe. Loads in mm of peak
+# displacement, as functions of the biological age a: lin (a - 20) / 60 + acc (max(a - 60, 0)
+# / 30)^2, zero below 20. At 80 the ventricle walls have moved about 4.0 mm and the cortex
+# about 1.9 mm; at 90, 6.8 and 3.2.
+_SHAPE_SMOOTH_MM = {"ventricles": 4.0, "cortex": 5.0}
+_SHAPE_LOADS = {"ventricles": (2.0, 4.5), "cortex": (1.0, 2.0)}
+_SEVERITY_MM = {"medial_temporal": 35.0, "ventricles": 10.0}   # mm per unit of severity
+# Individual shape: a smooth displacement field per axis (cosine basis of _SHAPE_K terms,
+# mean translation included), _SHAPE_SD_MM per axis: what registration to MNI leaves.
+_SHAPE_K = 4
+_SHAPE_SD_MM = 3.0
+
 #: Names of the spatial weight maps (:func:`region_map`).
 REGIONS: tuple[str, ...] = tuple(_AGEING) + ("medial_temporal",)
 
@@ -130,7 +161,7 @@ _BOX = ((-93.0, 93.0), (-129.0, 93.0), (-75.0, 111.0))   # MNI mm, the 6 mm grid
 
 # Independent random streams: SeedSequence(seed, spawn_key=(preset, stream, index, ...)).
 _PRESET_KEY = {"openbhb": 1, "adni": 2, "icbm": 3, "oasis3": 4}
-_LAYOUT, _SITE, _SUBJECT, _IMAGE = 0, 1, 2, 3
+_LAYOUT, _SITE, _SUBJECT, _IMAGE, _SHAPE = 0, 1, 2, 3, 4
 _WEYL = (math.sqrt(5.0) - 1.0) / 2.0   # golden-ratio sequence for stable proportions
 
 
@@ -304,6 +335,100 @@ def _spectrum(n_terms: int, include_dc: bool) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=None)
+def _mask_gradients(key: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit displacement fields (3, X, Y, Z) of the ventricles (outwards) and the cortex
+    (inwards), from nilearn's 1 mm MNI152 templates (bundled: no download).
+
+    The lateral ventricles are the two largest connected pieces of cerebrospinal fluid
+    (brain mask minus grey and white matter, away from the brain's edge) off the midline.
+    Each mask is smoothed (:data:`_SHAPE_SMOOTH_MM`), its gradient taken in mm, sampled at
+    the grid's voxel centres and scaled to a peak magnitude of 1.
+    """
+    from nilearn.datasets import (
+        load_mni152_brain_mask,
+        load_mni152_gm_template,
+        load_mni152_wm_template,
+    )
+    from scipy import ndimage
+
+    brain_img = load_mni152_brain_mask(resolution=1)
+    brain = np.asarray(brain_img.get_fdata()) > 0.5
+    tissue = (np.asarray(load_mni152_gm_template(resolution=1).get_fdata())
+              + np.asarray(load_mni152_wm_template(resolution=1).get_fdata()))
+    csf = ndimage.binary_erosion(brain, iterations=10) & (tissue < 0.2)
+    labels, n = ndimage.label(csf)
+    sizes = ndimage.sum(csf, labels, np.arange(1, n + 1))
+    inv = np.linalg.inv(brain_img.affine)
+    centres = ndimage.center_of_mass(csf, labels, np.arange(1, n + 1))
+    lateral = [k + 1 for k in np.argsort(sizes)[::-1]
+               if abs((brain_img.affine[:3, :3] @ centres[k] + brain_img.affine[:3, 3])[0]) > 5][:2]
+    ventricles = np.isin(labels, lateral)
+    shape = GRIDS[key][0]
+    world = np.stack(np.meshgrid(*_world(key), indexing="ij")).reshape(3, -1)
+    step = 2                                  # smooth on a 2 mm subgrid: 8 times cheaper
+    coords = (inv[:3, :3] @ world + inv[:3, 3:]) / step
+    out = []
+    for mask, sign, name in ((ventricles, -1.0, "ventricles"), (brain, 1.0, "cortex")):
+        coarse = mask[::step, ::step, ::step].astype(np.float32)
+        phi = ndimage.gaussian_filter(coarse, _SHAPE_SMOOTH_MM[name] / step)
+        field = np.stack([ndimage.map_coordinates(g, coords, order=1).reshape(shape)
+                          for g in np.gradient(phi)])   # the affine is diagonal
+        field *= np.sign(np.diag(brain_img.affine)[:3])[:, None, None, None]
+        field *= sign / np.sqrt((field ** 2).sum(axis=0)).max()
+        out.append(field.astype(np.float32))
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def _shape_fields(key: float) -> np.ndarray:
+    """Unit displacement fields (3 fields, 3 axes, X, Y, Z) in mm: V, C, M of the shape model.
+
+    ``V``: away from the lateral ventricles, ``-grad(phi)`` of the smoothed ventricle mask;
+    ``C``: into the brain, ``grad(psi)`` of the smoothed brain mask (both scaled to a peak
+    of 1, see :func:`_mask_gradients`); ``M``: towards each medial-temporal centre c (the
+    region shrinks), ``-(d / w) exp(0.5 - |d|^2 / 2)`` with ``d = (x - c) / w``, peak 1.
+    """
+    x, y, z = _world(key)
+    grid = np.stack(np.meshgrid(x, y, z, indexing="ij")).astype(np.float64)   # (3, X, Y, Z)
+
+    def radial(centre, width, sign):
+        out = np.zeros_like(grid)
+        for side in (-1.0, 1.0):
+            c = np.array([side * centre[0], centre[1], centre[2]])[:, None, None, None]
+            d = (grid - c) / width
+            out += sign * d * np.exp(-0.5 * np.sum(d ** 2, axis=0) + 0.5)
+        return out
+
+    ventricles, cortex = _mask_gradients(key)
+    mtl = radial(*_MTL, -1.0)
+    out = np.stack([ventricles, cortex, mtl]).astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def _shape_loads(bio_age: np.ndarray) -> np.ndarray:
+    """(m,) biological ages -> (m, 2) peak displacements (mm) of the ventricles and cortex."""
+    a = np.asarray(bio_age, dtype=float)[:, None]
+    lin, acc = (np.array([v[k] for v in _SHAPE_LOADS.values()]) for k in (0, 1))
+    return (lin * np.maximum(a - 20.0, 0.0) / 60.0
+            + acc * (np.maximum(a - 60.0, 0.0) / 30.0) ** 2)
+
+
+def _warp(vol: np.ndarray, displacement: np.ndarray, key: float) -> np.ndarray:
+    """``out(x) = vol(x - u(x))`` for a displacement ``u`` (3, X, Y, Z) in MNI mm.
+
+    Trilinear interpolation (cubic splines cost ten times more), zero outside the grid.
+    """
+    from scipy.ndimage import map_coordinates
+
+    shape, affine = GRIDS[key]
+    coords = np.indices(shape, dtype=np.float32)
+    steps = np.array([affine[a, a] for a in range(3)], dtype=np.float32)[:, None, None, None]
+    coords -= displacement / steps
+    return map_coordinates(vol, coords, order=1, mode="constant", cval=0.0, output=np.float32)
+
+
 def _field(coefs: np.ndarray, key: float) -> np.ndarray:
     """Smooth fields from cosine coefficients, (m, K, K, K) -> (m, X, Y, Z) float32."""
     bx, by, bz = _cosine_basis(key, coefs.shape[1])
@@ -417,12 +542,16 @@ def _plan(preset: str, n: int, seed: int) -> tuple[pd.DataFrame, dict]:
     rows = []
     image_params = {k: [] for k in ("bio_age", "severity", "subject", "site", "key")}
     anatomy = np.empty((n, _ANAT_K, _ANAT_K, _ANAT_K), dtype=np.float32)
+    shape_spectrum = _spectrum(_SHAPE_K, include_dc=True)
+    shape = np.empty((n, 3, _SHAPE_K, _SHAPE_K, _SHAPE_K), dtype=np.float32)
     log_scale = np.empty(n)
     for i in range(n):
         rng = _stream(seed, pk, _SUBJECT, i)
         u = rng.random(8)
         z = rng.standard_normal(5)
         anatomy[i] = rng.standard_normal(spectrum.shape).astype(np.float32) * spectrum
+        shape[i] = (_stream(seed, pk, _SHAPE, i).standard_normal((3, *shape_spectrum.shape))
+                    .astype(np.float32) * shape_spectrum * np.float32(_SHAPE_SD_MM))
         dx = diagnoses[i]
         if preset == "openbhb":
             j = int(site_idx[i])
@@ -496,6 +625,7 @@ def _plan(preset: str, n: int, seed: int) -> tuple[pd.DataFrame, dict]:
         "severity": np.asarray(image_params["severity"]),
         "subject": subject,
         "anatomy": anatomy,
+        "shape": shape,
         "log_scale": log_scale,
         "key": image_params["key"],
         **{name: value[site] for name, value in sites_p.items()},
@@ -523,8 +653,10 @@ def _render(params: dict, key: float, seed: int, out: np.ndarray) -> None:
     regions = [_region(r, key) for r in _AGEING]
     mtl = _region("medial_temporal", key)
     loads = _ageing_loads(params["bio_age"]).astype(np.float32)
+    shape_loads = _shape_loads(params["bio_age"]).astype(np.float32)
+    ventricles, cortex, shrink = _shape_fields(key)
     fwhm_to_sigma = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    subject_log_gm, last_subject = None, None
+    subject_log_gm, subject_shape, last_subject = None, None, None
     for i in range(len(params["bio_age"])):
         subject = params["subject"][i]
         if subject != last_subject:        # a subject's visits are contiguous
@@ -532,12 +664,19 @@ def _render(params: dict, key: float, seed: int, out: np.ndarray) -> None:
             subject_log_gm *= np.float32(_ANAT_SD)
             subject_log_gm += log_t
             subject_log_gm += np.float32(params["log_scale"][subject])
+            subject_shape = _field(params["shape"][subject], key)
             last_subject = subject
         log_gm = subject_log_gm.copy()
         for load, region in zip(loads[i], regions):
             log_gm -= load * region
-        log_gm -= np.float32(params["severity"][i]) * mtl
+        severity = np.float32(params["severity"][i])
+        log_gm -= severity * mtl
         vol = np.exp(log_gm, out=log_gm)
+        displacement = subject_shape.copy()
+        displacement += (shape_loads[i, 0] + severity * _SEVERITY_MM["ventricles"]) * ventricles
+        displacement += shape_loads[i, 1] * cortex
+        displacement += severity * _SEVERITY_MM["medial_temporal"] * shrink
+        vol = _warp(vol, displacement, key)
         sigma = params["fwhm_mm"][i] * fwhm_to_sigma / key
         if sigma > 0.25:
             vol = gaussian_filter(vol, sigma, truncate=3.0)

@@ -6,6 +6,7 @@ objects; plotting lives in :mod:`brainkit.plots`.
 """
 
 from .bag import AgeBiasCorrector, RocCurve, bag_roc, bag_summary, brain_age_gap
+from .baseline import RELATIVE_ALPHAS, VoxelRidge
 from .calibration import (
     TemperatureScaler,
     brier_score,
@@ -32,6 +33,7 @@ from .scaling import (
     fit_power_law,
     power_law,
 )
+from .uncertainty import Estimate, auc, bootstrap_ci, mean_absolute_error, mean_difference
 
 __all__ = [
     # metrics
@@ -47,6 +49,9 @@ __all__ = [
     "site_probe",
     "openbhb_challenge",
     "challenge_score",
+    # the voxel baseline
+    "RELATIVE_ALPHAS",
+    "VoxelRidge",
     # brain-age gap
     "brain_age_gap",
     "AgeBiasCorrector",
@@ -67,6 +72,12 @@ __all__ = [
     "expected_calibration_error",
     "brier_score",
     "TemperatureScaler",
+    # uncertainty
+    "Estimate",
+    "bootstrap_ci",
+    "auc",
+    "mean_absolute_error",
+    "mean_difference",
     # scaling and correlation
     "power_law",
     "PowerLawFit",

@@ -16,45 +16,96 @@ by several designs (the largest scaling size *is* the merged run) are trained on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..data.splits import check_no_leakage, subject_kfold
-from .pipeline import run_embeddings, run_predictions, train_encoder
+from ..data.splits import check_no_leakage, subject_kfold, subject_subset
+from .pipeline import BASELINE, run_embeddings, run_predictions, train_encoder
 from .profiles import Profile, get_profile
 from .store import ResultsStore, RunOutput, default_store
 
 __all__ = [
     "default_cohort",
+    "synthetic_cohort",
     "PretrainingSplit",
     "pretraining_split",
     "challenge_metrics",
+    "challenge_predictions",
     "single_vs_merge",
     "scaling_sweep",
+    "scaling_predictions",
+    "scaling_subsets",
     "downstream_transfer",
     "heldout_gaps",
 ]
 
 
-def default_cohort(profile: str | Profile | None = None):
+def default_cohort(profile: str | Profile | None = None, *, store: ResultsStore | None = None):
     """The cohort the book analyses.
 
     ``BRAINKIT_COHORT`` names a saved cohort (e.g. real data imported with
     ``brainkit cohort import``); otherwise the merged synthetic cohort of the profile
-    (``profile.cohort_sizes`` on ``profile.grid_mm``, seed 0).
+    (``profile.cohort_sizes`` on ``profile.grid_mm``, seed 0), generated once and kept in the
+    store's ``cohorts/`` folder (keyed by the sizes, the grid and the generator's source), so
+    every chapter memory-maps the same images instead of generating them again.
     """
     import os
 
-    from ..data import Cohort, make_merged
+    from ..data import Cohort
 
     path = os.environ.get("BRAINKIT_COHORT")
     if path:
         return Cohort.load(path)
     profile = get_profile(profile)
-    return make_merged(profile.cohort_sizes, grid_mm=profile.grid_mm, seed=0)
+    store = store if store is not None else default_store()
+    return synthetic_cohort(profile.cohort_sizes, grid_mm=profile.grid_mm, seed=0,
+                            cache=store.root / "cohorts")
+
+
+def synthetic_cohort(sizes: Mapping[str, int], *, grid_mm: float, seed: int = 0, cache=None):
+    """:func:`brainkit.data.make_merged`, saved under ``cache`` and loaded from there next time.
+
+    The cache folder's name holds a digest of the arguments and of the generator (its source,
+    its preset summaries and the nilearn version whose template it resamples), so a change to
+    any of them makes a new cohort. Two processes may race to fill it: the first to finish
+    publishes its folder (an atomic rename), the other's copy is discarded.
+    """
+    import hashlib
+    import importlib.metadata
+    import shutil
+    import tempfile
+    from importlib import resources
+    from pathlib import Path
+
+    from ..data import Cohort, make_merged
+
+    if cache is None:
+        return make_merged(sizes, grid_mm=grid_mm, seed=seed)
+    package = resources.files("brainkit.data")
+    h = hashlib.sha256(repr((sorted(sizes.items()), float(grid_mm), int(seed))).encode())
+    for name in ("synthetic.py", "_synthetic_presets.json"):
+        h.update(package.joinpath(name).read_bytes())
+    h.update(importlib.metadata.version("nilearn").encode())
+    cache = Path(cache)
+    folder = cache / f"synthetic-{h.hexdigest()[:16]}"
+    if (folder / "cohort.json").is_file():
+        return Cohort.load(folder)
+    cohort = make_merged(sizes, grid_mm=grid_mm, seed=seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=cache))
+    try:
+        cohort.save(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:          # another process published it first
+            if not (folder / "cohort.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Cohort.load(folder)
 
 
 @dataclass(frozen=True)
@@ -80,23 +131,49 @@ class PretrainingSplit:
         return np.sort(np.concatenate(list(self.pools.values())))
 
 
-def pretraining_split(cohort, *, test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
-    """Split each dataset's healthy controls into a training pool and a test set.
+def pretraining_split(cohort, *, pool_sizes: Mapping[str, int] | None = None,
+                      test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
+    """Split each dataset's healthy controls into a training pool and test sets.
 
-    A dataset whose rows carry the OpenBHB test splits keeps its official split (``train`` is the pool,
-    ``internal_test`` the test set, ``external_test`` the external set). Every other dataset
-    holds out one subject-level, age-stratified fold (``1 / test_folds`` of its subjects).
+    Parameters
+    ----------
+    cohort : brainkit.data.Cohort
+    pool_sizes : mapping of str to int, optional
+        Images each dataset contributes to pre-training ("train small, test big"): whole
+        subjects are drawn, stratified by site (OpenBHB) or by age, until the size is reached;
+        every other healthy image of the dataset is a test image. A dataset not named here,
+        one whose pool would leave less than ``1 / test_folds`` of its images for testing,
+        or ``None``: one subject-level, age-stratified fold (``1 / test_folds`` of its
+        subjects) is held out.
+    test_folds : int, default 5
+    seed : int, default 0
+        Seeds the draw (the designs keep it fixed while training seeds vary).
+
+    A dataset whose rows carry the OpenBHB test splits keeps its official sites: the pool is
+    drawn from ``train`` rows (all of them without a pool size), the test set holds the
+    seen-site images that are not in the pool (``internal_test`` plus the undrawn ``train``
+    rows of sites in the pool), and ``external_test`` is the external set.
     """
     table = cohort.table
     hc = table["diagnosis"].to_numpy() == "HC"
+    site = table["site"].astype(str).to_numpy()
     split = table["split"].astype(str).to_numpy() if "split" in table else None
+    sizes = dict(pool_sizes or {})
     pools, tests, external = {}, {}, []
     for dataset in sorted(table["dataset"].unique()):
         rows = np.flatnonzero(hc & (table["dataset"].to_numpy() == dataset))
+        size = sizes.get(dataset)
         if split is not None and np.isin(split[rows], ("internal_test", "external_test")).any():
-            pools[dataset] = rows[split[rows] == "train"]
-            tests[dataset] = rows[split[rows] == "internal_test"]
+            train = rows[split[rows] == "train"]
+            pool = train if size is None else subject_subset(table, train, size, seed=seed,
+                                                             strata=site)
+            seen = np.isin(site[rows], site[pool]) & (split[rows] != "external_test")
+            pools[dataset] = pool
+            tests[dataset] = np.setdiff1d(rows[seen], pool)
             external.append(rows[split[rows] == "external_test"])
+        elif size is not None and size <= len(rows) * (1 - 1 / test_folds):
+            pools[dataset] = subject_subset(table, rows, size, seed=seed)
+            tests[dataset] = np.setdiff1d(rows, pools[dataset])
         else:
             train, test = subject_kfold(table, test_folds, seed=seed, indices=rows)[0]
             pools[dataset], tests[dataset] = np.sort(train), np.sort(test)
@@ -109,11 +186,32 @@ def challenge_metrics(run, cohort, split: PretrainingSplit, *, dataset: str = "o
                       store: ResultsStore | None = None) -> dict:
     """OpenBHB challenge metrics of a run: probes fitted on the OpenBHB training pool.
 
-    With a ``store``, the metrics are cached there as a run of kind ``"probe"`` (keyed by the
-    trained run, the images of the three sets, the probe protocol and the scikit-learn
+    With a ``store``, the metrics and the per-image predictions
+    (:func:`challenge_predictions`) are cached there as a run of kind ``"probe"`` (keyed by
+    the trained run, the images of the three sets, the probe protocol and the scikit-learn
     version), so a second call, e.g. another chapter or a rebuild of the book, only reads
     them: the site probe's cross-validated saga fits are the slow part.
     """
+    metrics, _ = _challenge_cached(run, cohort, split, dataset, store)
+    return metrics
+
+
+def challenge_predictions(run, cohort, split: PretrainingSplit, *, dataset: str = "openbhb",
+                          store: ResultsStore | None = None) -> pd.DataFrame:
+    """The challenge's per-image predictions of a run (what its metrics are computed from).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per internal and external test image: ``image_id``, ``subject_id``,
+        ``set`` (``"internal"`` / ``"external"``), ``age``, ``age_pred``, ``site`` and
+        ``site_pred`` (the site probe's prediction; internal images only).
+    """
+    _, predictions = _challenge_cached(run, cohort, split, dataset, store)
+    return predictions
+
+
+def _challenge_sets(cohort, split: PretrainingSplit, dataset: str):
     if dataset not in split.pools or split.external.size == 0:
         raise ValueError(f"the cohort has no {dataset!r} dataset with an official split "
                          "(train / internal_test / external_test)")
@@ -121,7 +219,11 @@ def challenge_metrics(run, cohort, split: PretrainingSplit, *, dataset: str = "o
     tr, te, ex = split.pools[dataset], split.tests[dataset], split.external
     # Small cohorts can leave an internal-test site without training images; the challenge
     # defines the internal set as seen sites, so such images are left out.
-    te = te[np.isin(site[te], site[tr])]
+    return tr, te[np.isin(site[te], site[tr])], ex
+
+
+def _challenge_cached(run, cohort, split, dataset, store) -> tuple[dict, pd.DataFrame]:
+    tr, te, ex = _challenge_sets(cohort, split, dataset)
     if store is None:
         return _challenge(run, cohort, tr, te, ex)
 
@@ -138,33 +240,56 @@ def challenge_metrics(run, cohort, split: PretrainingSplit, *, dataset: str = "o
               "dataset": dataset, "images": images, "n_train": int(len(tr)),
               "protocol": {"cv": 5, "alphas": AGE_ALPHAS.tolist(), "Cs": SITE_CS.tolist(),
                            "random_state": 0},
+              "outputs": ["metrics", "predictions"],
               "sklearn": sklearn.__version__}
 
     def compute(_work) -> RunOutput:
-        metrics = _challenge(run, cohort, tr, te, ex)
-        return RunOutput(tables={"metrics": pd.DataFrame([metrics])},
+        metrics, predictions = _challenge(run, cohort, tr, te, ex)
+        return RunOutput(tables={"metrics": pd.DataFrame([metrics]),
+                                 "predictions": predictions},
                          info={"headline": metrics})
 
     cached = store.get_or_compute(config, compute)
-    return {k: float(v) for k, v in cached.table("metrics").iloc[0].items()}
+    metrics = {k: float(v) for k, v in cached.table("metrics").iloc[0].items()}
+    return metrics, cached.table("predictions")
 
 
-def _challenge(run, cohort, tr, te, ex) -> dict:
+def _challenge(run, cohort, tr, te, ex) -> tuple[dict, pd.DataFrame]:
     import warnings
 
-    from ..eval import openbhb_challenge
+    from ..eval import challenge_score, mae, openbhb_challenge
 
     z = run_embeddings(run, cohort)
-    age = cohort.table["age"].to_numpy(dtype=float)
-    site = cohort.table["site"].to_numpy()
+    table = cohort.table
+    age = table["age"].to_numpy(dtype=float)
+    site = table["site"].astype(str).to_numpy()
     with warnings.catch_warnings():
         # Small cohorts have sites with one or two training images: sklearn warns about the
         # stratification and about test sites the probe never predicts. Expected here.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
         res = openbhb_challenge((z[tr], age[tr], site[tr]), (z[te], age[te], site[te]),
                                 (z[ex], age[ex]))
-    return {"bacc": res.bacc, "mae_int": res.mae_int, "mae_ext": res.mae_ext,
-            "score": res.score, "bacc_chance": res.bacc_chance}
+    rows = np.concatenate([te, ex])
+    pred = res.age_probe.predict(z[rows])
+    if run.config["loss"] == BASELINE:
+        # The voxel baseline's age readout is the ridge on all masked voxels (its
+        # "embedding", principal components of the voxels, serves the site probe).
+        pred = run_predictions(run, cohort, tr)[rows]
+    site_pred = np.full(len(rows), None, dtype=object)
+    site_pred[:len(te)] = res.site_probe.predict(z[te])
+    predictions = pd.DataFrame({
+        "image_id": table["image_id"].to_numpy()[rows],
+        "subject_id": table["subject_id"].astype(str).to_numpy()[rows],
+        "set": ["internal"] * len(te) + ["external"] * len(ex),
+        "age": age[rows], "age_pred": pred, "site": site[rows], "site_pred": site_pred})
+    internal = predictions["set"] == "internal"
+    mae_int = mae(age[te], pred[internal.to_numpy()])
+    mae_ext = mae(age[ex], pred[~internal.to_numpy()])
+    metrics = {"bacc": res.bacc, "mae_int": mae_int, "mae_ext": mae_ext,
+               "score": challenge_score(res.bacc, mae_ext), "bacc_chance": res.bacc_chance,
+               "n_internal": float(len(te)), "n_external": float(len(ex)),
+               "n_sites": float(len(np.unique(site[te])))}
+    return metrics, predictions
 
 
 def _age_metrics(age, pred) -> dict:
@@ -191,7 +316,7 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
     """
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     age = cohort.table["age"].to_numpy(dtype=float)
     rows = []
     for loss in losses:
@@ -223,15 +348,22 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
     return pd.DataFrame(rows)
 
 
-def nested_subsets(cohort, pool, sizes: Sequence[int], *, seed: int = 0) -> list[np.ndarray]:
+def nested_subsets(cohort, pool, sizes: Sequence[int], *, seed: int = 0,
+                   first=None) -> list[np.ndarray]:
     """Nested, subject-level subsets of ``pool`` with (about) ``sizes`` images each.
 
     Subjects are shuffled once with ``seed`` and taken in that order until the size is reached,
-    so every subset contains the smaller ones and no subject is split.
+    so every subset contains the smaller ones and no subject is split. Subjects of the rows
+    in ``first`` (e.g. one dataset's pool) come before all others, so a size equal to
+    ``len(first)`` gives exactly those rows.
     """
     pool = np.sort(np.asarray(pool, dtype=np.int64))
     subjects = cohort.table["subject_id"].to_numpy()[pool]
     order = np.random.default_rng(seed).permutation(np.unique(subjects))
+    if first is not None:
+        early = set(cohort.table["subject_id"].to_numpy()[np.asarray(first, dtype=np.int64)])
+        order = np.concatenate([[s for s in order if s in early],
+                                [s for s in order if s not in early]])
     rank = {s: i for i, s in enumerate(order)}
     by_rank = pool[np.argsort([rank[s] for s in subjects], kind="stable")]
     out = []
@@ -246,40 +378,96 @@ def nested_subsets(cohort, pool, sizes: Sequence[int], *, seed: int = 0) -> list
     return out
 
 
+def scaling_subsets(cohort, split: PretrainingSplit, sizes: Sequence[int], *,
+                    first: str = "openbhb") -> list[np.ndarray]:
+    """The training subsets of the scaling design: nested, subject-level, from the merged pool.
+
+    The whole pool is always the largest; ``first``'s pool (OpenBHB) fills the smallest
+    subsets first, so a size equal to that pool is the "single" OpenBHB run of
+    :func:`single_vs_merge` and the larger ones add the other datasets (more sites, more
+    datasets), as the paper's scaling does. The draw is fixed (seed 0): training seeds vary
+    the models, not the images.
+    """
+    pool = split.merged
+    sizes = sorted({min(int(n), len(pool)) for n in sizes} | {len(pool)})
+    return nested_subsets(cohort, pool, sizes, seed=0, first=split.pools.get(first))
+
+
+def _seed_list(seed: int, seeds) -> list[int]:
+    out = [int(seed)] if seeds is None else [int(s) for s in seeds]
+    if not out or any(s < 0 for s in out):
+        raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
+    return out
+
+
+def _scaling_runs(cohort, losses, train_sizes, *, profile, seeds, store, device):
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+    subsets = scaling_subsets(cohort, split, list(train_sizes or profile.train_sizes))
+    for loss in losses:
+        for subset in subsets:
+            for seed in seeds:
+                run = train_encoder(cohort, loss, subset, profile=profile, seed=seed,
+                                    store=store, device=device)
+                yield loss, subset, seed, run, split
+
+
 def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None, *,
                   profile: str | Profile | None = None, seed: int = 0,
-                  store: ResultsStore | None = None, device: str | None = None) -> pd.DataFrame:
+                  seeds: Sequence[int] | None = None, store: ResultsStore | None = None,
+                  device: str | None = None) -> pd.DataFrame:
     """Fig. 1: train on nested subsets of the merged healthy pool and run the challenge.
 
-    The largest size defaults to the whole pool, so its runs are the "merge" runs of
-    :func:`single_vs_merge`.
+    The subsets are :func:`scaling_subsets`: the largest is the whole pool, so its runs are
+    the "merge" runs of :func:`single_vs_merge`. ``seeds`` (default ``[seed]``) trains each
+    subset once per seed.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (loss, size): ``n_train``, ``n_sites``, ``n_datasets`` (diversity of the
-        training subset), ``bacc``, ``mae_int``, ``mae_ext``, ``score``, ``bacc_chance``.
+        One row per (loss, size, seed): ``n_train``, ``seed``, ``n_sites``, ``n_datasets``
+        (diversity of the training subset), ``bacc``, ``mae_int``, ``mae_ext``, ``score``,
+        ``bacc_chance``, ``n_internal``, ``n_external``.
     """
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, seed=seed)
-    pool = split.merged
-    sizes = list(train_sizes or profile.train_sizes)
-    sizes = [min(n, len(pool)) for n in sizes]
-    if len(pool) not in sizes:
-        sizes.append(len(pool))
-    subsets = nested_subsets(cohort, pool, sorted(set(sizes)), seed=seed)
     table = cohort.table
     rows = []
-    for loss in losses:
-        for subset in subsets:
-            run = train_encoder(cohort, loss, subset, profile=profile, seed=seed, store=store,
-                                device=device)
-            rows.append({"loss": loss, "n_train": len(subset),
-                         "n_sites": table["site"].iloc[subset].nunique(),
-                         "n_datasets": table["dataset"].iloc[subset].nunique(),
-                         **challenge_metrics(run, cohort, split, store=store)})
+    for loss, subset, s, run, split in _scaling_runs(
+            cohort, losses, train_sizes, profile=profile, seeds=_seed_list(seed, seeds),
+            store=store, device=device):
+        rows.append({"loss": loss, "n_train": len(subset), "seed": s,
+                     "n_sites": table["site"].iloc[subset].nunique(),
+                     "n_datasets": table["dataset"].iloc[subset].nunique(),
+                     **challenge_metrics(run, cohort, split, store=store)})
     return pd.DataFrame(rows)
+
+
+def scaling_predictions(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None,
+                        *, profile: str | Profile | None = None, seed: int = 0,
+                        seeds: Sequence[int] | None = None, store: ResultsStore | None = None,
+                        device: str | None = None) -> pd.DataFrame:
+    """The per-image predictions behind :func:`scaling_sweep` (same runs, read back).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`challenge_predictions` of every run, with ``loss``, ``n_train``, ``seed``,
+        ``n_sites`` and ``n_datasets`` in front.
+    """
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    table = cohort.table
+    frames = []
+    for loss, subset, s, run, split in _scaling_runs(
+            cohort, losses, train_sizes, profile=profile, seeds=_seed_list(seed, seeds),
+            store=store, device=device):
+        p = challenge_predictions(run, cohort, split, store=store)
+        frames.append(p.assign(loss=loss, n_train=len(subset), seed=s,
+                               n_sites=table["site"].iloc[subset].nunique(),
+                               n_datasets=table["dataset"].iloc[subset].nunique()))
+    out = pd.concat(frames, ignore_index=True)
+    front = ["loss", "n_train", "seed", "n_sites", "n_datasets"]
+    return out[front + [c for c in out.columns if c not in front]]
 
 
 def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
@@ -304,7 +492,7 @@ def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     table = cohort.table
     age = table["age"].to_numpy(dtype=float)
     healthy = np.sort(np.concatenate(list(split.tests.values())))
@@ -362,7 +550,7 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
     folds = folds or profile.folds
     epochs = epochs or profile.finetune_epochs
     lr = lr or profile.finetune_lr
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     if pretrain_dataset not in split.pools:
         raise ValueError(f"the cohort has no {pretrain_dataset!r} healthy controls to pretrain on")
     table = cohort.table

@@ -22,7 +22,9 @@ from .profiles import Profile, get_profile
 from .store import ResultsStore, Run, RunOutput, default_store
 
 __all__ = [
+    "BASELINE",
     "LOSSES",
+    "MODELS",
     "loss_kwargs",
     "train_config",
     "train_encoder",
@@ -33,7 +35,14 @@ __all__ = [
 
 #: Every loss the experiments know: the L1 regression baseline and the contrastive family.
 LOSSES = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
+#: The classical baseline, trained by :func:`train_encoder` like a loss: ridge regression of
+#: age on voxels (:class:`brainkit.eval.VoxelRidge`).
+BASELINE = "ridge"
+#: What a design compares: the baseline and every loss.
+MODELS = (BASELINE,) + LOSSES
 _KERNELISED = ("yaware", "threshold", "exp", "adapn")
+#: Principal components of the masked voxels kept as the baseline's "embedding" (site probe).
+BASELINE_COMPONENTS = 64
 
 
 def loss_kwargs(loss: str, profile: Profile) -> dict:
@@ -66,6 +75,8 @@ def _model_config(loss: str, profile: Profile, ages: np.ndarray) -> dict:
 
 def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -> dict:
     """The configuration that identifies a training run (its store key is this dict's hash)."""
+    if loss == BASELINE:
+        return baseline_config(cohort, train_idx)
     train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
     ages = cohort.table["age"].to_numpy()[train_idx]
     return {
@@ -76,7 +87,9 @@ def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -
         "train": {
             "epochs": profile.epochs, "batch_size": profile.batch_size, "lr": profile.lr,
             "weight_decay": profile.weight_decay, "lr_step": profile.lr_step,
-            "lr_gamma": profile.lr_gamma, "n_views": 1 if loss == "l1" else profile.n_views,
+            "lr_gamma": profile.lr_gamma, "lr_schedule": profile.lr_schedule,
+            "warmup_epochs": profile.warmup_epochs,
+            "n_views": 1 if loss == "l1" else profile.n_views,
             "augmentation": profile.augmentation,
             "recalibrate_bn": profile.recalibrate_bn,
         },
@@ -88,6 +101,56 @@ def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -
     }
 
 
+def baseline_config(cohort, train_idx) -> dict:
+    """The configuration that identifies a voxel-ridge run (no seed: it is deterministic)."""
+    from ..eval.baseline import RELATIVE_ALPHAS
+
+    train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
+    return {
+        "kind": "train",
+        "loss": BASELINE,
+        "model": {"kind": "voxel_ridge", "mask_fraction": 0.5, "standardize": False,
+                  "cv": 5, "relative_alphas": [float(a) for a in RELATIVE_ALPHAS],
+                  "components": BASELINE_COMPONENTS},
+        "cohort": cohort.content_hash,
+        "train_images": _digest(cohort.table["image_id"].to_numpy()[train_idx]),
+        "n_train": int(len(train_idx)),
+        "seed": 0,
+    }
+
+
+def _train_baseline(cohort, train_idx, store: ResultsStore) -> Run:
+    from sklearn.decomposition import PCA
+
+    from ..eval import VoxelRidge
+
+    config = baseline_config(cohort, train_idx)
+    train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
+
+    def compute(_work: Path) -> RunOutput:
+        table = cohort.table
+        images = cohort.images(train_idx)
+        model = VoxelRidge(cv=config["model"]["cv"]).fit(
+            images, table["age"].to_numpy(dtype=float)[train_idx],
+            groups=table["subject_id"].astype(str).to_numpy()[train_idx])
+        k = min(BASELINE_COMPONENTS, len(train_idx) - 1)
+        pca = PCA(n_components=k, random_state=0).fit(model._features(
+            images.reshape(len(train_idx), -1).astype(np.float64)))
+        ids = table["image_id"].to_numpy()
+        preds, scores = [], []
+        for start in range(0, len(cohort), 256):
+            block = cohort.images(np.arange(start, min(start + 256, len(cohort))))
+            preds.append(model.predict(block))
+            scores.append(pca.transform(model._features(
+                block.reshape(len(block), -1).astype(np.float64))))
+        return RunOutput(
+            tables={"age_pred": pd.DataFrame({"image_id": ids, "age_pred": np.concatenate(preds)}),
+                    "embeddings": _embedding_table(ids, np.concatenate(scores))},
+            info={"alpha": model.alpha_, "voxels": int(model.mask_.sum())})
+
+    return store.get_or_compute(config, compute, hashes={"cohort": cohort.content_hash})
+
+
 def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None = None,
                   seed: int = 0, store: ResultsStore | None = None, device: str | None = None,
                   progress: bool = False) -> Run:
@@ -96,7 +159,9 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
     Parameters
     ----------
     cohort : brainkit.data.Cohort
-    loss : {"l1", "yaware", "threshold", "exp", "rnc", "adapn"}
+    loss : {"ridge", "l1", "yaware", "threshold", "exp", "rnc", "adapn"}
+        ``"ridge"``, the classical baseline, fits :class:`brainkit.eval.VoxelRidge` on the
+        training images instead (the profile, seed and device do not apply).
     train_idx : array-like of int
         Training positions in the cohort.
     profile : str or Profile, optional
@@ -129,6 +194,8 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
     train_idx = np.asarray(train_idx, dtype=np.int64)
     if train_idx.size < 2:
         raise ValueError(f"train_idx holds {train_idx.size} image(s); a training run needs >= 2")
+    if loss == BASELINE:
+        return _train_baseline(cohort, train_idx, store)
     config = train_config(cohort, loss, train_idx, profile=profile, seed=seed)
     dev = device or profile.resolved_device()
 
@@ -139,7 +206,8 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
         result = fit(model, cohort, loss, out_dir=work_dir / "fit", indices=np.sort(train_idx),
                      epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                      weight_decay=train["weight_decay"], lr_step=train["lr_step"],
-                     lr_gamma=train["lr_gamma"], n_views=train["n_views"],
+                     lr_gamma=train["lr_gamma"], lr_schedule=train["lr_schedule"],
+                     warmup_epochs=train["warmup_epochs"], n_views=train["n_views"],
                      augmentation=train["augmentation"], loss_kwargs=config["loss_kwargs"] or None,
                      device=dev, seed=seed, resume=True, progress=progress)
         model = result.model
@@ -179,13 +247,13 @@ def run_embeddings(run: Run, cohort, layer: str = "encoder") -> np.ndarray:
 def run_predictions(run: Run, cohort, train_idx, *, layer: str = "encoder") -> np.ndarray:
     """Predicted age of every image of the cohort from one run.
 
-    L1 runs use their regression head; contrastive runs fit the age probe
-    (:func:`brainkit.eval.age_probe`, ridge, alpha by 5-fold CV) on the training images'
-    embeddings and apply it to all images.
+    L1 runs use their regression head and the voxel ridge its own predictions; contrastive
+    runs fit the age probe (:func:`brainkit.eval.age_probe`, ridge, alpha by 5-fold CV) on
+    the training images' embeddings and apply it to all images.
     """
     from ..eval import age_probe
 
-    if run.config["loss"] == "l1":
+    if run.config["loss"] in ("l1", BASELINE):
         table = run.table("age_pred").set_index("image_id").loc[cohort.table["image_id"]]
         return table["age_pred"].to_numpy(dtype=np.float64)
     z = run_embeddings(run, cohort, layer)

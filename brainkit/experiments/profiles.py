@@ -26,12 +26,19 @@ class Profile:
     grid_mm : float
         Voxel size of the synthetic cohorts (real data keep their own grid).
     depth, widths, head_dims : model shape (see :func:`brainkit.models.build_model`).
-    epochs, batch_size, lr, weight_decay, lr_step, lr_gamma, n_views, augmentation :
+    epochs, batch_size, lr, weight_decay, lr_step, lr_gamma, lr_schedule, warmup_epochs, \
+n_views, augmentation :
         training protocol (see :func:`brainkit.train.fit`).
     folds : int
         Cross-validation folds.
     cohort_sizes : dict
-        Subjects per synthetic preset for the merged pre-training cohort.
+        Subjects per synthetic preset of the default cohort.
+    pool_sizes : dict or None
+        Healthy images each dataset contributes to pre-training
+        (:func:`brainkit.experiments.pretraining_split`); the other healthy images are test
+        images. ``None``: every OpenBHB training image and four fifths of each other
+        dataset's healthy subjects. ``ci`` trains small and tests big: evaluating an image
+        costs a forward pass, training on it dozens.
     train_sizes : tuple of int
         Training-set sizes (images) of the scaling sweeps.
     losses : tuple of str
@@ -61,12 +68,15 @@ class Profile:
     batch_size: int
     folds: int
     cohort_sizes: dict = field(default_factory=dict)
+    pool_sizes: dict | None = None
     train_sizes: tuple[int, ...] = ()
     losses: tuple[str, ...] = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
     lr: float = 1e-4
     weight_decay: float = 5e-5
     lr_step: int = 10
     lr_gamma: float = 0.9
+    lr_schedule: str = "step"
+    warmup_epochs: int = 0
     n_views: int = 2
     augmentation: str = "crop"
     sigma: float = 2.0
@@ -101,7 +111,8 @@ PROFILES: dict[str, Profile] = {
         name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
         epochs=20, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
         recalibrate_bn=True, sigma=5.0,
-        cohort_sizes={"openbhb": 200, "adni": 80, "icbm": 50, "oasis3": 60},
+        cohort_sizes={"openbhb": 800, "adni": 150, "icbm": 80, "oasis3": 250},
+        pool_sizes={"openbhb": 170, "adni": 85, "icbm": 60, "oasis3": 85},
         train_sizes=(100, 200), finetune_epochs=4,
     ),
     "workstation": Profile(
@@ -122,7 +133,8 @@ PROFILES: dict[str, Profile] = {
 # A tiny profile for developing the book and the pipeline: everything runs, nothing is learnt.
 PROFILES["smoke"] = PROFILES["ci"].replace(
     name="smoke", widths=(4, 8, 16, 32), head_dims=(16, 8), epochs=1, finetune_epochs=1,
-    cohort_sizes={"openbhb": 90, "adni": 20, "icbm": 12, "oasis3": 16}, train_sizes=(30, 60))
+    cohort_sizes={"openbhb": 200, "adni": 40, "icbm": 20, "oasis3": 60},
+    pool_sizes={"openbhb": 40, "adni": 20, "icbm": 10, "oasis3": 20}, train_sizes=(30, 60))
 
 
 def get_profile(profile: str | Profile | None = None) -> Profile:

@@ -25,7 +25,8 @@ __all__ = [
 ]
 
 _FILES = {
-    "oasis1": "oasis1_mni2mm/subset_index.csv",
+    "oasis1": "oasis1_mni4mm/index.csv",
+    "oasis1_2mm": "oasis1_mni2mm/subset_index.csv",
     "oasis2": "oasis/oasis_longitudinal.csv",
     "fcon1000": "fcon1000/fcon1000.csv",
 }
@@ -64,20 +65,33 @@ def how_to_obtain(name: str) -> str:
             f"folder that holds it. See data_manifests/{name}.yaml.")
 
 
-def oasis1_images(root=None, *, grid_mm: float = 4, cache_dir: str | os.PathLike | None = None):
-    """The 48 real OASIS-1 T1 images as a cohort on ``mni_grid(grid_mm)`` (None if absent).
+def oasis1_images(root=None, *, grid_mm: float = 4, source: str = "mni4mm",
+                  cache_dir: str | os.PathLike | None = None):
+    """Real OASIS-1 T1 images as a cohort on ``mni_grid(grid_mm)`` (None if absent).
 
-    The import (``brainkit.data.import_nifti``) is cached in ``cache_dir`` (default: the
-    results store's ``cohorts/`` folder).
+    Parameters
+    ----------
+    root : path-like, optional
+        Data folder (default ``BRAINKIT_DATA`` or ``../shared/data``).
+    grid_mm : float, default 4
+    source : {"mni4mm", "mni2mm"}, default "mni4mm"
+        ``mni4mm``: the 221 images of ``oasis1_mni4mm/`` (209 subjects, 50 with CDR > 0);
+        ``mni2mm``: the 48 images of ``oasis1_mni2mm/``.
+    cache_dir : path-like, optional
+        Where the import (``brainkit.data.import_nifti``) is kept (default: the results
+        store's ``cohorts/`` folder).
     """
     from ..data import Cohort, import_nifti, oasis1_table
     from .store import default_store
 
-    index = _find("oasis1", root)
+    names = {"mni4mm": "oasis1", "mni2mm": "oasis1_2mm"}
+    if source not in names:
+        raise ValueError(f"source must be one of {sorted(names)}, got {source!r}")
+    index = _find(names[source], root)
     if index is None:
         return None
     cache = Path(cache_dir) if cache_dir else default_store().root / "cohorts"
-    out = cache / f"oasis1_{grid_mm:g}mm"
+    out = cache / f"oasis1_{source}_{grid_mm:g}mm"
     if (out / "cohort.json").is_file():
         return Cohort.load(out)
     cache.mkdir(parents=True, exist_ok=True)

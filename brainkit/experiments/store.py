@@ -269,6 +269,7 @@ class ResultsStore:
         key = config_key(config)
         if self.exists(key):
             return self.load(key)
+        from .progress import describe, step
 
         def waiting(pid):
             who = f"pid {pid}" if pid is not None else "another process"
@@ -281,7 +282,8 @@ class ResultsStore:
             if self.exists(key):  # computed by the process we waited for
                 return self.load(key)
             start = time.perf_counter()
-            output = compute(self.work_dir(key))
+            with step(describe(config)):
+                output = compute(self.work_dir(key))
             run = self.save(config, output, seconds=time.perf_counter() - start,
                             hashes=hashes)
         self.computed += 1

@@ -151,7 +151,7 @@ def mae_vs_downstream(cohort, losses: Sequence[str], train_sizes: Sequence[int] 
     from .profiles import get_profile
 
     profile = get_profile(profile)
-    split = pretraining_split(cohort, seed=seed)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     pool = split.merged
     sizes = sorted({min(n, len(pool)) for n in (train_sizes or profile.train_sizes)} | {len(pool)})
     table = cohort.table

@@ -437,7 +437,7 @@ def _design_plan(run: DesignRun, cohort, profile: Profile, where: str) -> list[n
     that has to train a run the plan missed is reported as *unplanned*).
     """
     from ..data.splits import subject_kfold
-    from .designs import nested_subsets, pretraining_split
+    from .designs import pretraining_split, scaling_subsets
 
     table = cohort.table
     p = run.params
@@ -449,7 +449,7 @@ def _design_plan(run: DesignRun, cohort, profile: Profile, where: str) -> list[n
             raise GridError(f"{where} (cross_validate): {err} (healthy controls)") from None
         return [train for train, _ in splits]
     try:
-        split = pretraining_split(cohort, seed=run.seed)
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     except ValueError as err:
         raise GridError(f"{where} ({run.design}): {err} (every dataset holds out one of five "
                         "subject-level folds of its healthy controls)") from None
@@ -458,12 +458,8 @@ def _design_plan(run: DesignRun, cohort, profile: Profile, where: str) -> list[n
             raise GridError(f"{where} (scaling): the cohort needs an OpenBHB-like dataset with "
                             "the official split (train / internal_test / external_test) for "
                             "the challenge metrics")
-        pool = split.merged
-        sizes = [min(n, len(pool)) for n in p["train_sizes"]]
-        if len(pool) not in sizes:
-            sizes.append(len(pool))
         try:
-            return nested_subsets(cohort, pool, sorted(set(sizes)), seed=run.seed)
+            return scaling_subsets(cohort, split, p["train_sizes"])
         except ValueError as err:
             raise GridError(f"{where}.train_sizes: {err}") from None
     if run.design == "single_vs_merge":

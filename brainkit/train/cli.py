@@ -73,7 +73,9 @@ def _train(args) -> int:
             batch_size=args.batch_size if args.batch_size is not None else profile.batch_size,
             lr=args.lr if args.lr is not None else profile.lr,
             weight_decay=profile.weight_decay, lr_step=profile.lr_step,
-            lr_gamma=profile.lr_gamma, n_views=None if kind == "regression" else profile.n_views,
+            lr_gamma=profile.lr_gamma, lr_schedule=profile.lr_schedule,
+            warmup_epochs=profile.warmup_epochs,
+            n_views=None if kind == "regression" else profile.n_views,
             augmentation=args.augmentation or profile.augmentation,
             device=args.device or profile.resolved_device(), seed=args.seed,
             resume=args.resume, progress=not args.no_progress)

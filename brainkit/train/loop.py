@@ -65,6 +65,8 @@ __all__ = [
     "batch_loss",
     "epoch_batches",
     "fit",
+    "lr_factor",
+    "LR_SCHEDULES",
     "view_seed",
 ]
 
@@ -74,7 +76,11 @@ METRICS_NAME = "metrics.parquet"
 _CHECKPOINT_FORMAT = 1
 # Settings that must not change when a run is resumed (they define the trajectory).
 _RESUME_KEYS = ("batch_size", "n_views", "augmentation", "seed", "drop_last", "lr",
-                "weight_decay", "lr_step", "lr_gamma", "adapn_final_k", "adapn_step")
+                "weight_decay", "lr_step", "lr_gamma", "lr_schedule", "warmup_epochs",
+                "adapn_final_k", "adapn_step")
+_RESUME_DEFAULTS = {"lr_schedule": "step", "warmup_epochs": 0}
+#: Learning-rate schedules of :func:`fit`.
+LR_SCHEDULES = ("step", "cosine")
 # Tags separating the random streams derived from the seed.
 _ORDER_STREAM, _AUGMENT_STREAM = 1, 2
 
@@ -236,6 +242,34 @@ def augment_views(x: torch.Tensor, indices, augment: Callable | None, *, n_views
             views.append(torch.cat([augment(x[j:j + 1], generator=g)
                                     for j, g in enumerate(gens)], dim=0))
     return torch.cat(views, dim=0)
+
+
+def lr_factor(schedule: str, *, epochs: int, warmup_epochs: int = 0, lr_step: int = 10,
+              lr_gamma: float = 0.9) -> Callable[[int], float]:
+    """The learning-rate multiplier of each epoch (0-based) for :func:`fit`'s schedules.
+
+    ``"step"``: ``lr_gamma ** (e // lr_step)`` (``StepLR``); ``"cosine"``:
+    ``0.5 (1 + cos(pi (e - w) / (epochs - w)))`` after ``w = warmup_epochs``. During the
+    warm-up (``e < w``) either is ``(e + 1) / (w + 1)``.
+
+    Examples
+    --------
+    >>> f = lr_factor("cosine", epochs=4)
+    >>> [round(f(e), 3) for e in range(4)]
+    [1.0, 0.854, 0.5, 0.146]
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return (epoch + 1) / (warmup_epochs + 1)
+        if schedule == "step":
+            return lr_gamma ** (epoch // lr_step)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs)
+                                     / max(epochs - warmup_epochs, 1)))
+
+    return factor
 
 
 # --------------------------------------------------------------------------- one step
@@ -413,9 +447,10 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
     current = json.loads(json.dumps(current, default=repr))  # compare as written to disk
     problems = []
     for key in _RESUME_KEYS:
-        if saved.get("training", {}).get(key) != current["training"].get(key):
-            problems.append(f"training.{key}: saved {saved.get('training', {}).get(key)!r}, "
-                            f"now {current['training'].get(key)!r}")
+        # runs written before a setting existed trained with its default
+        was = saved.get("training", {}).get(key, _RESUME_DEFAULTS.get(key))
+        if was != current["training"].get(key):
+            problems.append(f"training.{key}: saved {was!r}, now {current['training'].get(key)!r}")
     if saved.get("loss") != current["loss"]:
         problems.append(f"loss: saved {saved.get('loss')!r}, now {current['loss']!r}")
     saved_data = dict(saved.get("data") or {})
@@ -576,7 +611,8 @@ class _RunLock:
 # --------------------------------------------------------------------------- fit
 def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 300,
         batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-5, lr_step: int = 10,
-        lr_gamma: float = 0.9, n_views: int | None = None, augmentation="crop",
+        lr_gamma: float = 0.9, lr_schedule: str = "step", warmup_epochs: int = 0,
+        n_views: int | None = None, augmentation="crop",
         loss_kwargs: dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
         resume: bool = False, compile: bool = False, amp: bool | None = None,
         channels_last: bool | None = None, cudnn_benchmark: bool | None = None,
@@ -616,6 +652,14 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         Adam (L2 weight decay, as ``torch.optim.Adam``).
     lr_step, lr_gamma : int, float, default 10, 0.9
         ``StepLR``: the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+    lr_schedule : {"step", "cosine"}, default "step"
+        ``"step"``: the paper's ``StepLR`` above. ``"cosine"``: after the warm-up, the
+        learning rate follows a half cosine from ``lr`` in the first epoch to 0 after the
+        last (``lr_step`` / ``lr_gamma`` unused): for short runs, which a step schedule
+        leaves far from converged.
+    warmup_epochs : int, default 0
+        Epochs of linear warm-up (epoch ``e`` < ``warmup_epochs``, 0-based, trains at
+        ``lr * (e + 1) / (warmup_epochs + 1)``), before either schedule; must be < ``epochs``.
     n_views : int, optional
         Augmented views per image, concatenated along dim 0 into one forward pass (the loss
         sees ``z`` of shape ``(n_views * B, D)`` and ``y`` of shape ``(n_views * B,)``,
@@ -743,6 +787,12 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
     lr = _check_float("lr", lr, positive=True)
     weight_decay = _check_float("weight_decay", weight_decay)
     lr_gamma = _check_float("lr_gamma", lr_gamma, positive=True)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    warmup_epochs = _check_int("warmup_epochs", warmup_epochs, 0)
+    if warmup_epochs >= epochs:
+        raise ValueError(f"warmup_epochs ({warmup_epochs}) must be smaller than epochs "
+                         f"({epochs})")
     from brainkit.data.packed import DATA_PATHS
 
     if data_path not in DATA_PATHS:
@@ -792,7 +842,8 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
     try:
         return _run(model=model, cohort=cohort, out_dir=out_dir, epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step,
-                    lr_gamma=lr_gamma, n_views=n_views, device=device, seed=seed,
+                    lr_gamma=lr_gamma, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+                    n_views=n_views, device=device, seed=seed,
                     resume=resume, compile=compile, amp=amp, channels_last=channels_last,
                     cudnn_benchmark=cudnn_benchmark, fused=fused, sync_batchnorm=sync_batchnorm,
                     drop_last=drop_last, adapn_final_k=adapn_final_k, adapn_step=adapn_step,
@@ -817,10 +868,10 @@ def _run(**kwargs) -> FitResult:
 
 
 def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step,
-           lr_gamma, n_views, device, seed, resume, compile, amp, channels_last,
-           cudnn_benchmark, fused, sync_batchnorm, drop_last, adapn_final_k, adapn_step,
-           probe_every, progress, handle_signals, prefetch, data_path, train_idx, loss_fn,
-           loss_record, augment, augmentation_name, probe_idx, model_config,
+           lr_gamma, lr_schedule, warmup_epochs, n_views, device, seed, resume, compile, amp,
+           channels_last, cudnn_benchmark, fused, sync_batchnorm, drop_last, adapn_final_k,
+           adapn_step, probe_every, progress, handle_signals, prefetch, data_path, train_idx,
+           loss_fn, loss_record, augment, augmentation_name, probe_idx, model_config,
            info) -> FitResult:
     """The training itself; rank 0 holds the run directory's ``lock``."""
     from tqdm.auto import tqdm
@@ -846,6 +897,7 @@ def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay
         "loss": loss_record,
         "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                      "weight_decay": weight_decay, "lr_step": lr_step, "lr_gamma": lr_gamma,
+                     "lr_schedule": lr_schedule, "warmup_epochs": warmup_epochs,
                      "n_views": n_views, "augmentation": augmentation_name, "seed": seed,
                      "drop_last": drop_last, "adapn_final_k": adapn_final_k,
                      "adapn_step": adapn_step, "probe_every": probe_every,
@@ -895,7 +947,9 @@ def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay
         base = nn.SyncBatchNorm.convert_sync_batchnorm(base)
     optimizer = torch.optim.Adam(base.parameters(), lr=lr, weight_decay=weight_decay,
                                  **({"fused": True} if fused else {}))
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
+        lr_schedule, epochs=epochs, warmup_epochs=warmup_epochs, lr_step=lr_step,
+        lr_gamma=lr_gamma))
     if loss_fn is not None:
         loss_fn.to(device)
 
@@ -905,7 +959,9 @@ def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay
     if checkpoint is not None:
         base.load_state_dict(checkpoint["model"])
         _load_optimizer_state(optimizer, checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        # a StepLR state (checkpoints written before LambdaLR) has no lr_lambdas entry
+        scheduler.load_state_dict({"lr_lambdas": [None] * len(optimizer.param_groups),
+                                   **checkpoint["scheduler"]})
         set_rng_state(checkpoint["rng"])
         start_epoch, start_step = int(checkpoint["epoch"]), int(checkpoint["step"])
         history = [dict(row) for row in checkpoint["history"]]

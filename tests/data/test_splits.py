@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainkit.data import LeakageError, check_no_leakage, official_split, subject_kfold
+from brainkit.data import (
+    LeakageError,
+    check_no_leakage,
+    official_split,
+    subject_kfold,
+    subject_subset,
+)
 
 
 def longitudinal_table(n_subjects=60, seed=0):
@@ -64,6 +70,34 @@ def test_bad_arguments():
         subject_kfold(table, 1)
     with pytest.raises(ValueError, match="no 'age' column"):
         subject_kfold(table.drop(columns="age"), 2)
+
+
+def test_subject_subset_takes_whole_subjects_up_to_the_size():
+    table = longitudinal_table(200)
+    rows = np.arange(len(table))
+    subset = subject_subset(table, rows, 100, seed=1)
+    subjects = table["subject_id"].to_numpy()
+    inside = set(subjects[subset])
+    assert inside.isdisjoint(set(subjects[np.setdiff1d(rows, subset)]))
+    assert 100 <= len(subset) < 100 + 3          # the last subject is taken whole
+    np.testing.assert_array_equal(subset, subject_subset(table, rows, 100, seed=1))
+    assert not np.array_equal(subset, subject_subset(table, rows, 100, seed=2))
+    np.testing.assert_array_equal(subject_subset(table, rows[:50], 10_000), rows[:50])
+
+
+def test_subject_subset_keeps_the_strata_in_their_shares():
+    table = longitudinal_table(400, seed=4)
+    site = np.where(table["age"].to_numpy() < 40, "young-site", "old-site")
+    rows = np.arange(len(table))
+    share = np.mean(site == "young-site")
+    for seed in range(5):
+        subset = subject_subset(table, rows, 80, seed=seed, strata=site)
+        assert np.mean(site[subset] == "young-site") == pytest.approx(share, abs=0.08)
+    # default strata: baseline-age deciles, so the subset spans the ages
+    subset = subject_subset(table, rows, 80, seed=0)
+    assert table["age"].iloc[subset].min() < 30 and table["age"].iloc[subset].max() > 80
+    with pytest.raises(ValueError, match="size must be an integer >= 1"):
+        subject_subset(table, rows, 0)
 
 
 def test_leakage_check_names_the_subjects():

@@ -21,7 +21,7 @@ from brainkit.experiments import results_table
 from brainkit.experiments.designs import challenge_metrics, nested_subsets
 
 TINY = get_profile("ci").replace(epochs=1, widths=(4, 8, 16, 32), head_dims=(16, 8),
-                                 batch_size=16, recalibrate_bn=True)
+                                 batch_size=16, recalibrate_bn=True, pool_sizes=None)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,30 @@ def test_pretraining_split_keeps_subjects_apart_and_the_official_split(cohort):
     assert (table["split"].to_numpy()[split.tests["openbhb"]] == "internal_test").all()
     assert (table["split"].to_numpy()[split.external] == "external_test").all()
     check_no_leakage(table, split.merged, split.external)
+
+
+def test_pool_sizes_train_small_and_test_big(cohort):
+    table = cohort.table
+    split = pretraining_split(cohort, pool_sizes={"openbhb": 30, "adni": 6})
+    full = pretraining_split(cohort)
+    assert 30 <= len(split.pools["openbhb"]) < 33 and 6 <= len(split.pools["adni"]) < 14
+    split_col = table["split"].to_numpy()
+    assert (split_col[split.pools["openbhb"]] == "train").all()
+    # the undrawn training images of seen sites join the internal test set
+    assert len(split.tests["openbhb"]) > len(full.tests["openbhb"])
+    site = table["site"].to_numpy()
+    assert set(site[split.tests["openbhb"]]) <= set(site[split.pools["openbhb"]])
+    assert (split_col[split.tests["openbhb"]] != "external_test").all()
+    np.testing.assert_array_equal(split.external, full.external)
+    for name in split.pools:
+        check_no_leakage(table, split.pools[name], split.tests[name])
+        check_no_leakage(table, split.merged, split.tests[name])
+    hc_adni = np.flatnonzero((table["dataset"] == "adni").to_numpy()
+                             & (table["diagnosis"] == "HC").to_numpy())
+    np.testing.assert_array_equal(np.sort(np.concatenate([split.pools["adni"],
+                                                          split.tests["adni"]])), hc_adni)
+    # datasets without a size keep the held-out fifth
+    np.testing.assert_array_equal(split.pools["icbm"], full.pools["icbm"])
 
 
 def test_nested_subsets_are_nested_and_whole_subjects(cohort):

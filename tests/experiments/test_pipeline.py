@@ -27,7 +27,7 @@ def store(tmp_path_factory):
     return ResultsStore(tmp_path_factory.mktemp("pipeline-store"))
 
 
-@pytest.mark.parametrize("loss", ["exp", "l1"])
+@pytest.mark.parametrize("loss", ["exp", "l1", "ridge"])
 def test_cross_validate_predicts_every_image_out_of_fold(cohort, store, loss, one_thread):
     table = cohort.table
     before = store.computed
@@ -103,3 +103,22 @@ def test_cross_validate_learns_age_and_the_planted_ad_gap(tmp_path, one_thread):
     assert mae < 0.5 * baseline, (mae, baseline)
     gap = out.groupby("diagnosis")["bag_corrected"].mean()
     assert gap["AD"] > gap["HC"] + 5.0, gap.to_dict()
+
+
+def test_voxel_ridge_runs_are_stored_like_a_loss_and_ignore_the_seed(cohort, tmp_path):
+    from brainkit.eval import VoxelRidge
+    from brainkit.experiments import train_encoder
+    from brainkit.experiments.pipeline import run_embeddings, run_predictions
+
+    store = ResultsStore(tmp_path)
+    hc = np.flatnonzero(cohort.table["diagnosis"].to_numpy() == "HC")
+    run = train_encoder(cohort, "ridge", hc, store=store, seed=0)
+    again = train_encoder(cohort, "ridge", hc, store=store, seed=5, profile="smoke")
+    assert run.key == again.key and store.computed == 1
+    table = cohort.table
+    direct = VoxelRidge().fit(cohort.images(hc), table["age"].to_numpy()[hc],
+                              groups=table["subject_id"].to_numpy()[hc])
+    np.testing.assert_allclose(run_predictions(run, cohort, hc), direct.predict(cohort.images()),
+                               rtol=1e-6)
+    z = run_embeddings(run, cohort)
+    assert z.shape == (len(cohort), min(64, len(hc) - 1)) and np.isfinite(z).all()

@@ -194,11 +194,12 @@ def test_tasks_are_the_designs_runs_deduplicated(tmp_path):
     # Independent expectation from the splitting primitives, for each loss:
     table = cohort.table
     hc = np.flatnonzero(table["diagnosis"].to_numpy() == "HC")
-    split = pretraining_split(cohort, seed=0)
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     expected = {}
     for loss in ("l1", "exp"):
         sets = [train for train, _ in subject_kfold(table, 2, seed=0, indices=hc)]
-        sets += nested_subsets(cohort, split.merged, [20, len(split.merged)], seed=0)
+        sets += nested_subsets(cohort, split.merged, [20, len(split.merged)], seed=0,
+                               first=split.pools["openbhb"])
         sets += list(split.pools.values()) + [split.merged]
         for idx in sets:
             config = train_config(cohort, loss, idx, profile=profile, seed=0)

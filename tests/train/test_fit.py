@@ -58,6 +58,21 @@ def test_training_lowers_the_loss_and_learns_age(loss, toy_cohort, tmp_path):
         assert np.corrcoef(pred, age[HELD_OUT])[0, 1] > 0.3
 
 
+def test_cosine_schedule_with_warm_up_and_its_resume(toy_cohort, tmp_path):
+    model = _model("contrastive")
+    result = fit(model, toy_cohort, "exp", loss_kwargs={"sigma": 5.0}, indices=TRAIN,
+                 out_dir=tmp_path, epochs=4, batch_size=32, lr=1e-3, lr_schedule="cosine",
+                 warmup_epochs=1, progress=False)
+    np.testing.assert_allclose(result.metrics["lr"], 1e-3 * np.array(
+        [0.5, 1.0, 0.5 * (1 + np.cos(np.pi / 3)), 0.5 * (1 + np.cos(2 * np.pi / 3))]))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(_model("contrastive"), toy_cohort, "exp", out_dir=tmp_path, epochs=6,
+            batch_size=32, lr=1e-3, resume=True, progress=False)   # a step schedule now
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        fit(_model("contrastive"), toy_cohort, "exp", out_dir=tmp_path / "b", epochs=2,
+            warmup_epochs=2, progress=False)
+
+
 def test_run_directory_contents(toy_cohort, tmp_path):
     age = toy_cohort.table["age"].to_numpy()
     model = _model("contrastive")

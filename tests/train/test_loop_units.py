@@ -181,3 +181,18 @@ def test_resume_keeps_this_runs_adam_kernel_and_layouts():
     plain_opt, plain = runs["plain load_state_dict"]
     assert plain_opt.param_groups[0]["fused"]
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(plain, runs["reference"][1]))
+
+
+def test_lr_factor_step_cosine_and_warm_up():
+    from brainkit.train.loop import lr_factor
+
+    step = lr_factor("step", epochs=30, lr_step=10, lr_gamma=0.5)
+    assert [step(e) for e in (0, 9, 10, 29)] == [1.0, 1.0, 0.5, 0.25]
+    cosine = lr_factor("cosine", epochs=10, warmup_epochs=2)
+    values = [cosine(e) for e in range(10)]
+    assert values[:2] == [1 / 3, 2 / 3]                    # linear warm-up
+    assert values[2] == 1.0 and all(a > b for a, b in zip(values[2:], values[3:]))
+    assert values[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 7 / 8)))
+    assert lr_factor("step", epochs=5, warmup_epochs=1)(0) == 0.5
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        lr_factor("linear", epochs=3)
