@@ -412,3 +412,11 @@ def test_every_diagnosis_target_is_in_the_vocabulary():
     for name in NAMES:
         assert set(load_manifest(name).diagnosis_codes.values()) <= set(DIAGNOSES)
         assert Path(load_manifest(name).path).suffix == ".yaml"
+
+
+def test_invalid_manifest_yaml_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\ntitle: [unclosed\nkind: real\n")
+    with pytest.raises(ManifestError, match=r"mine.yaml: not valid YAML") as err:
+        load_manifest(str(path))
+    assert "<unicode string>" not in str(err.value) and f'in "{path}", line' in str(err.value)

@@ -376,3 +376,13 @@ def test_a_signal_stops_the_sweep_at_the_next_check_and_a_second_acts_as_usual()
         with pytest.raises(SweepInterrupted, match="interrupted by SIGTERM"):
             signals.check()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_invalid_grid_yaml_names_the_file_and_is_one_line(tmp_path, capsys):
+    grid = tmp_path / "mygrid.yaml"
+    grid.write_text("cohort:\n  preset: [openbhb\nprofile: ci\n")
+    with pytest.raises(GridError, match=rf"{re.escape(str(grid))}: not valid YAML") as err:
+        load_grid(grid)
+    assert "<unicode string>" not in str(err.value) and f'in "{grid}", line 2' in str(err.value)
+    assert main(["sweep", "--grid", str(grid), "--store", str(tmp_path / "store")]) == 2
+    assert "<unicode string>" not in capsys.readouterr().err
