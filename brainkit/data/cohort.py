@@ -309,18 +309,19 @@ def check_subjects(table: pd.DataFrame, *, source: str = "table", allow=None) ->
                 "; expected one row per (subject_id, session) (allow with 'repeat-session')"
 
     if "age-order" not in allow:
-        order = sorted(range(len(t)), key=lambda i: (subject.iloc[i], key.iloc[i]))
+        sid, keys = subject.to_numpy(), key.tolist()
+        order = sorted(range(len(t)), key=lambda i: (sid[i], keys[i]))
         bad_subjects: list[str] = []
         for column in ("age", "years_from_baseline"):
             values = t[column].to_numpy(dtype=float)
             for a, b in zip(order, order[1:]):
-                if subject.iloc[a] != subject.iloc[b] or key.iloc[a] == key.iloc[b]:
+                if sid[a] != sid[b] or keys[a] == keys[b]:
                     continue
-                if values[b] < values[a] - 1e-9 and subject.iloc[a] not in bad_subjects:
-                    bad_subjects.append(subject.iloc[a])
+                if values[b] < values[a] - 1e-9 and sid[a] not in bad_subjects:
+                    bad_subjects.append(sid[a])
                     if len(bad_subjects) <= _LISTED_SUBJECTS:
                         problems.append(
-                            f"subject {subject.iloc[a]!r}: {column} goes from {values[a]:g} at "
+                            f"subject {sid[a]!r}: {column} goes from {values[a]:g} at "
                             f"session {t['session'].iloc[a]} (row {_rows(t, [a])}) to "
                             f"{values[b]:g} at session {t['session'].iloc[b]} (row "
                             f"{_rows(t, [b])})")
