@@ -5,7 +5,14 @@ Every function here takes arrays or tidy tables and returns numbers, tables or s
 objects; plotting lives in :mod:`brainkit.plots`.
 """
 
-from .bag import AgeBiasCorrector, RocCurve, bag_roc, bag_summary, brain_age_gap
+from .bag import (
+    AgeBiasCorrector,
+    RocCurve,
+    bag_roc,
+    bag_summary,
+    brain_age_gap,
+    crossfit_correct,
+)
 from .baseline import RELATIVE_ALPHAS, VoxelRidge
 from .calibration import (
     TemperatureScaler,
@@ -33,7 +40,15 @@ from .scaling import (
     fit_power_law,
     power_law,
 )
-from .uncertainty import Estimate, auc, bootstrap_ci, mean_absolute_error, mean_difference
+from .uncertainty import (
+    Estimate,
+    Replicates,
+    auc,
+    balanced_accuracy,
+    bootstrap_ci,
+    mean_absolute_error,
+    mean_difference,
+)
 
 __all__ = [
     # metrics
@@ -55,6 +70,7 @@ __all__ = [
     # brain-age gap
     "brain_age_gap",
     "AgeBiasCorrector",
+    "crossfit_correct",
     "bag_summary",
     "RocCurve",
     "bag_roc",
@@ -74,7 +90,9 @@ __all__ = [
     "TemperatureScaler",
     # uncertainty
     "Estimate",
+    "Replicates",
     "bootstrap_ci",
+    "balanced_accuracy",
     "auc",
     "mean_absolute_error",
     "mean_difference",

@@ -27,7 +27,8 @@ from brainkit.eval._validation import (
     same_length,
 )
 
-__all__ = ["brain_age_gap", "AgeBiasCorrector", "bag_summary", "RocCurve", "bag_roc"]
+__all__ = ["brain_age_gap", "AgeBiasCorrector", "crossfit_correct", "bag_summary",
+           "RocCurve", "bag_roc"]
 
 
 def brain_age_gap(y_true, y_pred) -> np.ndarray:
@@ -277,3 +278,60 @@ def bag_roc(bag, is_case) -> RocCurve:
         raise ValueError("is_case must contain both cases (1) and controls (0)")
     fpr, tpr, thr = roc_curve(is_case, bag)
     return RocCurve(fpr=fpr, tpr=tpr, thresholds=thr, auc=float(roc_auc_score(is_case, bag)))
+
+
+def crossfit_correct(age, age_pred, folds, *, method: str = "beheshti") -> np.ndarray:
+    """Bias-corrected ages, each from a correction line that never saw the image.
+
+    The one rule every brainkit design follows for the brain-age gap: the line that corrects
+    an image is fitted on *other* healthy controls' held-out predictions.
+
+    Parameters
+    ----------
+    age, age_pred : array-like of shape (n_samples,)
+        Chronological and (held-out) predicted ages.
+    folds : array-like of int, shape (n_samples,)
+        ``k >= 0``: a healthy control in fold ``k`` (folds split *subjects*), corrected with
+        the line fitted on the healthy controls of every other fold; ``-1``: any other image
+        (patients, or images not used for fitting), corrected with the line fitted on all
+        healthy controls.
+    method : {"beheshti", "cole"}, default "beheshti"
+        See :class:`AgeBiasCorrector`.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        Corrected predicted ages (the corrected gap is ``result - age``).
+
+    Examples
+    --------
+    >>> age = np.linspace(20, 80, 40)
+    >>> pred = 0.7 * age + 15
+    >>> folds = np.r_[np.tile([0, 1], 15), -np.ones(10, int)]
+    >>> np.allclose(crossfit_correct(age, pred, folds), age)
+    True
+    """
+    age = as_1d_float(age, "age")
+    age_pred = as_1d_float(age_pred, "age_pred")
+    folds = np.asarray(folds)
+    same_length(age=age, age_pred=age_pred, folds=folds)
+    if not np.issubdtype(folds.dtype, np.integer) or (folds < -1).any():
+        raise ValueError("folds must be integers: a fold number >= 0 for healthy controls, "
+                         "-1 for every other image")
+    healthy = folds >= 0
+    labels = np.unique(folds[healthy])
+    if labels.size == 1:
+        raise ValueError("folds holds a single healthy fold: every healthy image would be "
+                         "corrected by a line fitted on itself; use >= 2 folds")
+    out = np.full(age.shape, np.nan)
+    for k in labels:
+        fit = healthy & (folds != k)
+        line = AgeBiasCorrector(method).fit(age[fit], age_pred[fit])
+        out[folds == k] = line.correct(age[folds == k], age_pred[folds == k])
+    others = ~healthy
+    if others.any():
+        if not healthy.any():
+            raise ValueError("no healthy control (fold >= 0) to fit the correction on")
+        line = AgeBiasCorrector(method).fit(age[healthy], age_pred[healthy])
+        out[others] = line.correct(age[others], age_pred[others])
+    return out

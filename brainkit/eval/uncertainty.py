@@ -4,9 +4,9 @@ and over training seeds when a result was trained more than once.
 A brain-age test set is a sample of *subjects*: longitudinal cohorts hold several images per
 subject, and those images are not independent. :func:`bootstrap_ci` therefore resamples
 subjects (all of a subject's images together), never images. When a model was trained with
-several seeds, the seeds are resampled too (a two-level bootstrap), so the interval carries
-the training noise as well as the test-set noise: with three seeds it is the honest, wide
-interval.
+several seeds (:class:`Replicates`), the seeds are resampled too (a two-level bootstrap), so
+the interval carries the training noise as well as the test-set noise: with three seeds it is
+the honest, wide interval.
 
 Examples
 --------
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "bootstrap_ci", "mean_absolute_error", "auc", "mean_difference"]
+__all__ = ["Estimate", "Replicates", "bootstrap_ci", "mean_absolute_error", "auc",
+           "mean_difference", "balanced_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,15 @@ def mean_absolute_error(y_true, y_pred) -> float:
     return float(np.mean(np.abs(np.asarray(y_pred, float) - np.asarray(y_true, float))))
 
 
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Mean recall over the classes present in ``y_true`` (sklearn's definition), in numpy."""
+    y_true = np.asarray(y_true).astype(str)
+    y_pred = np.asarray(y_pred).astype(str)
+    classes, inverse = np.unique(y_true, return_inverse=True)
+    hits = np.bincount(inverse, weights=(y_true == y_pred).astype(float), minlength=len(classes))
+    return float(np.mean(hits / np.bincount(inverse, minlength=len(classes))))
+
+
 def mean_difference(values, is_case) -> float:
     """Mean of ``values`` where ``is_case`` minus the mean where not."""
     values = np.asarray(values, float)
@@ -108,43 +118,55 @@ def auc(scores, is_case) -> float:
     return float((ranks[is_case].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
-def _as_rows(arrays, n_seeds: int | None) -> tuple[list[np.ndarray], list[bool], int]:
-    out, per_seed, n = [], [], None
+class Replicates:
+    """Mark an array of shape ``(k, n)`` as ``k`` replicates (training seeds) of ``n`` rows.
+
+    :func:`bootstrap_ci` resamples the rows (subjects) of every array together and, for a
+    ``Replicates`` array, also its ``k`` replicates with replacement, independently of other
+    ``Replicates`` arrays (e.g. two losses trained with different seeds). The statistic then
+    receives a 2-D array ``(k, n')`` for it.
+    """
+
+    def __init__(self, values):
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape[0] < 1:
+            raise ValueError(f"Replicates needs an array of shape (k, n), got {values.shape}")
+        self.values = values
+
+    def __len__(self) -> int:
+        return self.values.shape[1]
+
+
+def _rows(arrays) -> int:
+    n = None
     for i, a in enumerate(arrays):
-        a = np.asarray(a)
-        seeded = n_seeds is not None and a.ndim == 2 and a.shape[0] == n_seeds
-        rows = a.shape[1] if seeded else a.shape[0]
+        rows = len(a) if isinstance(a, Replicates) else np.asarray(a).shape[0]
         if n is None:
             n = rows
         elif rows != n:
             raise ValueError(f"array {i} has {rows} rows, the first has {n}")
-        out.append(a)
-        per_seed.append(seeded)
     if n is None:
         raise ValueError("bootstrap_ci needs at least one array")
-    return out, per_seed, n
+    return n
 
 
-def bootstrap_ci(statistic: Callable[..., float], *arrays, groups=None,
-                 n_seeds: int | None = None, n_boot: int = 1000, level: float = 0.95,
-                 random_state: int = 0) -> Estimate:
+def bootstrap_ci(statistic: Callable[..., float], *arrays, groups=None, n_boot: int = 1000,
+                 level: float = 0.95, random_state: int = 0) -> Estimate:
     """A statistic and its percentile interval from a subject-level bootstrap.
 
     Parameters
     ----------
     statistic : callable
-        ``statistic(*rows) -> float`` on one resample of the arrays (one seed's arrays when
-        ``n_seeds`` is given), e.g. :func:`mean_absolute_error`, :func:`auc`, or a difference
-        of two such values computed on the same rows (a paired comparison).
-    *arrays : array-like
-        Aligned rows: shape ``(n,)`` (or ``(n, ...)``), or ``(n_seeds, n)`` for per-seed values
-        (e.g. the predictions of each training seed) when ``n_seeds`` is given.
+        ``statistic(*arrays) -> float`` on one resample, e.g. :func:`mean_absolute_error`,
+        :func:`auc`, or a difference of two such values on the same rows (a paired
+        comparison). A :class:`Replicates` argument arrives as a 2-D array ``(k, n')``;
+        average the per-replicate statistic over its first axis.
+    *arrays : array-like or Replicates
+        Aligned rows: shape ``(n,)`` (or ``(n, ...)``), or :class:`Replicates` of shape
+        ``(k, n)`` (one row per training seed).
     groups : array-like of shape (n,), optional
         Subject of each row: resampling draws subjects with replacement and takes all their
         rows. Default: every row is its own subject.
-    n_seeds : int, optional
-        Arrays of shape ``(n_seeds, n)`` hold one row per seed; each replicate also draws
-        ``n_seeds`` seeds with replacement and averages the statistic over them.
     n_boot : int, default 1000
     level : float, default 0.95
     random_state : int, default 0
@@ -152,17 +174,17 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays, groups=None,
     Returns
     -------
     Estimate
-        Replicates where the statistic is undefined (NaN, e.g. a resample without cases) are
-        dropped; with fewer than half of them defined the interval is NaN.
+        ``n_seeds`` is the largest replicate count. Replicates where the statistic is
+        undefined (NaN, e.g. a resample without cases) are dropped; with fewer than half of
+        them defined the interval is NaN.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
         raise ValueError(f"n_boot must be an integer >= 10, got {n_boot!r}")
-    if n_seeds is not None and (not isinstance(n_seeds, (int, np.integer)) or n_seeds < 1):
-        raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}")
-    arrays, per_seed, n = _as_rows(arrays, n_seeds)
-    k = n_seeds or 1
+    n = _rows(arrays)
+    values = [a.values if isinstance(a, Replicates) else np.asarray(a) for a in arrays]
+    seeded = [isinstance(a, Replicates) for a in arrays]
     if groups is None:
         members = [np.array([i]) for i in range(n)]
     else:
@@ -171,15 +193,9 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays, groups=None,
             raise ValueError(f"groups has {groups.shape[0]} entries for {n} rows")
         _, inverse = np.unique(groups.astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
-        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-        members = np.split(order, bounds)
+        members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
     n_groups = len(members)
-
-    def at(seed: int, idx) -> list:
-        return [a[seed][idx] if s else a[idx] for a, s in zip(arrays, per_seed)]
-
-    everything = np.arange(n)
-    value = float(np.mean([statistic(*at(s, everything)) for s in range(k)]))
+    value = float(statistic(*values))
     rng = np.random.default_rng(random_state)
     lengths = np.array([len(m) for m in members])
     flat = np.concatenate(members)
@@ -193,12 +209,19 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays, groups=None,
             size = lengths[chosen]
             within = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
             idx = flat[np.repeat(starts[chosen], size) + within]
-        seeds = rng.integers(0, k, k) if k > 1 else (0,)
-        reps[b] = np.mean([statistic(*at(s, idx)) for s in seeds])
+        args = []
+        for v, s in zip(values, seeded):
+            if s:
+                k = v.shape[0]
+                args.append(v[rng.integers(0, k, k)][:, idx] if k > 1 else v[:, idx])
+            else:
+                args.append(v[idx])
+        reps[b] = statistic(*args)
     finite = reps[np.isfinite(reps)]
     if finite.size < n_boot / 2:
         low = high = math.nan
     else:
         low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    n_seeds = max([v.shape[0] for v, s in zip(values, seeded) if s], default=1)
     return Estimate(value=value, low=float(low), high=float(high), level=level, n=n,
-                    n_groups=n_groups, n_seeds=k)
+                    n_groups=n_groups, n_seeds=n_seeds)

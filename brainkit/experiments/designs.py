@@ -35,6 +35,7 @@ __all__ = [
     "challenge_metrics",
     "challenge_predictions",
     "single_vs_merge",
+    "single_vs_merge_predictions",
     "scaling_sweep",
     "scaling_predictions",
     "scaling_subsets",
@@ -298,54 +299,96 @@ def _age_metrics(age, pred) -> dict:
     return {"mae": mae(age, pred), "r2": r2(age, pred), "r": pearson_r(age, pred)}
 
 
+def _table3_runs(cohort, losses, *, profile, seeds, store, device, single_datasets):
+    """(loss, seed, scheme, dataset, run, pool) for every Table 3 model, singles first."""
+    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+    for loss in losses:
+        for seed in seeds:
+            for dataset, pool in split.pools.items():
+                if single_datasets is None or dataset in single_datasets:
+                    run = train_encoder(cohort, loss, pool, profile=profile, seed=seed,
+                                        store=store, device=device)
+                    yield loss, seed, "single", dataset, run, pool, split
+            run = train_encoder(cohort, loss, split.merged, profile=profile, seed=seed,
+                                store=store, device=device)
+            yield loss, seed, "merge", None, run, split.merged, split
+
+
 def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
-                    seed: int = 0, store: ResultsStore | None = None,
-                    device: str | None = None,
+                    seed: int = 0, seeds: Sequence[int] | None = None,
+                    store: ResultsStore | None = None, device: str | None = None,
                     single_datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 3: "single" (trained and tested on each dataset) vs "merge" (trained on all).
 
     ``single_datasets`` limits the "single" runs to some datasets (default: all); the
-    challenge rows need ``"openbhb"`` among them.
+    challenge rows need ``"openbhb"`` among them. ``seeds`` (default ``[seed]``) trains every
+    model once per seed.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (loss, scheme, dataset) with ``mae``, ``r2``, ``r``, ``n_train``; rows with
-        ``dataset == "challenge"`` hold the OpenBHB challenge metrics (``bacc``, ``mae_int``,
-        ``mae_ext``, ``score``) of the OpenBHB-trained ("single") and merged models.
+        One row per (loss, scheme, dataset, seed) with ``mae``, ``r2``, ``r``, ``n_train``,
+        ``n_test``; rows with ``dataset == "challenge"`` hold the OpenBHB challenge metrics
+        (``bacc``, ``mae_int``, ``mae_ext``, ``score``) of the OpenBHB-trained ("single")
+        and merged models.
     """
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     age = cohort.table["age"].to_numpy(dtype=float)
     rows = []
-    for loss in losses:
-        runs = {}
-        for dataset, pool in split.pools.items():
-            if single_datasets is not None and dataset not in single_datasets:
-                continue
-            runs[("single", dataset)] = (train_encoder(cohort, loss, pool, profile=profile,
-                                                       seed=seed, store=store, device=device), pool)
-        merged = split.merged
-        merge_run = train_encoder(cohort, loss, merged, profile=profile, seed=seed, store=store,
-                                  device=device)
-        for dataset, test in split.tests.items():
-            schemes = [("merge", (merge_run, merged))]
-            if ("single", dataset) in runs:
-                schemes.insert(0, ("single", runs[("single", dataset)]))
-            for scheme, (run, pool) in schemes:
-                pred = run_predictions(run, cohort, pool)
-                rows.append({"loss": loss, "scheme": scheme, "dataset": dataset,
-                             "n_train": len(pool), **_age_metrics(age[test], pred[test])})
-        if split.external.size:
-            schemes = [("merge", merge_run)]
-            if ("single", "openbhb") in runs:
-                schemes.insert(0, ("single", runs[("single", "openbhb")][0]))
-            for scheme, run in schemes:
-                rows.append({"loss": loss, "scheme": scheme, "dataset": "challenge",
-                             "n_train": run.config["n_train"],
-                             **challenge_metrics(run, cohort, split, store=store)})
-    return pd.DataFrame(rows)
+    for loss, s, scheme, dataset, run, pool, split in _table3_runs(
+            cohort, losses, profile=profile, seeds=_seed_list(seed, seeds), store=store,
+            device=device, single_datasets=single_datasets):
+        pred = run_predictions(run, cohort, pool)
+        for name in ([dataset] if scheme == "single" else list(split.tests)):
+            test = split.tests[name]
+            rows.append({"loss": loss, "scheme": scheme, "dataset": name, "seed": s,
+                         "n_train": len(pool), "n_test": len(test),
+                         **_age_metrics(age[test], pred[test])})
+        if split.external.size and (scheme == "merge" or dataset == "openbhb"):
+            rows.append({"loss": loss, "scheme": scheme, "dataset": "challenge", "seed": s,
+                         "n_train": len(pool),
+                         **challenge_metrics(run, cohort, split, store=store)})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    # grouped per dataset, "single" before "merge", in the losses' order
+    out["_loss"] = out["loss"].map({name: i for i, name in enumerate(losses)})
+    out["_scheme"] = (out["scheme"] == "merge").astype(int)
+    return out.sort_values(["_loss", "seed", "dataset", "_scheme"], kind="stable",
+                           ignore_index=True).drop(columns=["_loss", "_scheme"])
+
+
+def single_vs_merge_predictions(cohort, losses: Sequence[str], *,
+                                profile: str | Profile | None = None, seed: int = 0,
+                                seeds: Sequence[int] | None = None,
+                                store: ResultsStore | None = None, device: str | None = None,
+                                single_datasets: Sequence[str] | None = None) -> pd.DataFrame:
+    """The per-image predictions behind :func:`single_vs_merge`'s dataset rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (loss, scheme, seed, test image): ``loss``, ``scheme``, ``dataset``,
+        ``seed``, ``n_train``, ``image_id``, ``subject_id``, ``age``, ``age_pred``.
+    """
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    table = cohort.table
+    age = table["age"].to_numpy(dtype=float)
+    frames = []
+    for loss, s, scheme, dataset, run, pool, split in _table3_runs(
+            cohort, losses, profile=profile, seeds=_seed_list(seed, seeds), store=store,
+            device=device, single_datasets=single_datasets):
+        pred = run_predictions(run, cohort, pool)
+        for name in ([dataset] if scheme == "single" else list(split.tests)):
+            test = split.tests[name]
+            frames.append(pd.DataFrame({
+                "loss": loss, "scheme": scheme, "dataset": name, "seed": s,
+                "n_train": len(pool), "image_id": table["image_id"].to_numpy()[test],
+                "subject_id": table["subject_id"].astype(str).to_numpy()[test],
+                "age": age[test], "age_pred": pred[test]}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def nested_subsets(cohort, pool, sizes: Sequence[int], *, seed: int = 0,
@@ -471,24 +514,26 @@ def scaling_predictions(cohort, losses: Sequence[str], train_sizes: Sequence[int
 
 
 def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
-                 seed: int = 0, store: ResultsStore | None = None, device: str | None = None,
+                 seed: int = 0, seeds: Sequence[int] | None = None,
+                 store: ResultsStore | None = None, device: str | None = None,
                  correction: str = "beheshti") -> pd.DataFrame:
     """Fig. 2: brain-age gaps of held-out healthy controls and of every patient image.
 
     Uses each loss's model pretrained on the merged healthy pool (the "merge" run of
     :func:`single_vs_merge`): every image it predicts was never trained on (held-out healthy
     test subjects of each dataset, and all non-HC images). The age-bias correction is
-    cross-fitted so that it never sees the images it corrects: held-out healthy images are
-    split into two subject-level halves, each corrected with the line fitted on the other;
-    patients are corrected with the line fitted on all held-out healthy images.
+    cross-fitted (:func:`brainkit.eval.crossfit_correct`) so that it never sees the images
+    it corrects: held-out healthy images are split into two subject-level halves, each
+    corrected with the line fitted on the other; patients are corrected with the line fitted
+    on all held-out healthy images. ``seeds`` (default ``[seed]``) repeats it per seed.
 
     Returns
     -------
     pandas.DataFrame
-        The cohort rows that were predicted, plus ``loss``, ``age_pred``, ``bag`` and
-        ``bag_corrected``.
+        The cohort rows that were predicted, plus ``loss``, ``seed``, ``age_pred``, ``bag``
+        and ``bag_corrected``.
     """
-    from ..eval import AgeBiasCorrector
+    from ..eval import crossfit_correct
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
@@ -497,26 +542,24 @@ def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None
     age = table["age"].to_numpy(dtype=float)
     healthy = np.sort(np.concatenate(list(split.tests.values())))
     patients = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
-    halves = subject_kfold(table, 2, seed=seed, indices=healthy)
+    rows = np.sort(np.concatenate([healthy, patients]))
+    folds = np.full(len(table), -1)
+    for k, (_, half) in enumerate(subject_kfold(table, 2, seed=0, indices=healthy)):
+        folds[half] = k
     frames = []
     for loss in losses:
-        run = train_encoder(cohort, loss, split.merged, profile=profile, seed=seed, store=store,
-                            device=device)
-        pred = run_predictions(run, cohort, split.merged)
-        corrected = np.full(len(table), np.nan)
-        for fit_idx, apply_idx in halves:
-            line = AgeBiasCorrector(correction).fit(age[fit_idx], pred[fit_idx])
-            corrected[apply_idx] = line.correct(age[apply_idx], pred[apply_idx])
-        if patients.size:
-            line = AgeBiasCorrector(correction).fit(age[healthy], pred[healthy])
-            corrected[patients] = line.correct(age[patients], pred[patients])
-        rows = np.sort(np.concatenate([healthy, patients]))
-        out = table.iloc[rows].copy()
-        out["loss"] = loss
-        out["age_pred"] = pred[rows]
-        out["bag"] = pred[rows] - age[rows]
-        out["bag_corrected"] = corrected[rows] - age[rows]
-        frames.append(out)
+        for s in _seed_list(seed, seeds):
+            run = train_encoder(cohort, loss, split.merged, profile=profile, seed=s,
+                                store=store, device=device)
+            pred = run_predictions(run, cohort, split.merged)
+            corrected = crossfit_correct(age[rows], pred[rows], folds[rows], method=correction)
+            out = table.iloc[rows].copy()
+            out["loss"] = loss
+            out["seed"] = s
+            out["age_pred"] = pred[rows]
+            out["bag"] = pred[rows] - age[rows]
+            out["bag_corrected"] = corrected - age[rows]
+            frames.append(out)
     return pd.concat(frames, ignore_index=True)
 
 

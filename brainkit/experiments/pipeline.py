@@ -294,7 +294,7 @@ def cross_validate(cohort, loss: str, *, folds: int | None = None,
         for non-HC images, predicted by every fold's model), ``bag`` (= age_pred - age) and
         ``bag_corrected``.
     """
-    from ..eval import AgeBiasCorrector
+    from ..eval import crossfit_correct
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
@@ -319,14 +319,7 @@ def cross_validate(cohort, loss: str, *, folds: int | None = None,
     if other.size:
         pred[other] = np.mean(other_preds, axis=0)
 
-    corrected = np.full(len(table), np.nan)
-    for k, (_, test_idx) in enumerate(splits):
-        held_out = hc[fold_of[hc] != k]
-        corrector = AgeBiasCorrector(correction).fit(age[held_out], pred[held_out])
-        corrected[test_idx] = corrector.correct(age[test_idx], pred[test_idx])
-    if other.size:
-        corrector = AgeBiasCorrector(correction).fit(age[hc], pred[hc])
-        corrected[other] = corrector.correct(age[other], pred[other])
+    corrected = crossfit_correct(age, pred, fold_of, method=correction)
 
     out = table.copy()
     out["loss"] = loss

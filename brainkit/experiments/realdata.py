@@ -21,7 +21,6 @@ __all__ = [
     "oasis1_images",
     "oasis2_volumetrics",
     "fcon1000_thickness",
-    "voxel_brain_age",
 ]
 
 _FILES = {
@@ -128,33 +127,3 @@ def fcon1000_thickness(root=None, *, min_site_size: int = 40, per_site: int | No
             rng.choice(g, size=min(per_site, len(g)), replace=False)
             for _, g in pd.Series(rows).groupby(table["site"].to_numpy()[rows])]))
     return table.iloc[rows].reset_index(drop=True), features.iloc[rows].reset_index(drop=True)
-
-
-def voxel_brain_age(cohort, *, seed: int = 0) -> pd.DataFrame:
-    """A classical baseline: ridge regression of age on voxels, out of fold.
-
-    Out-of-fold ages (:func:`brainkit.eval.age_probe` on every third voxel that varies across
-    images, ``cv_predict=True``, folds grouped by subject) for every image; the gap is bias-corrected with a line fitted on the healthy
-    controls' out-of-fold predictions.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The cohort table plus ``age_pred``, ``bag``, ``bag_corrected``.
-    """
-    from ..eval import AgeBiasCorrector, age_probe
-
-    table = cohort.table
-    x = cohort.images().reshape(len(cohort), -1)
-    x = x[:, x.std(axis=0) > 0][:, ::3]  # every third varying voxel: same fit, 3x cheaper
-    age = table["age"].to_numpy(dtype=float)
-    probe = age_probe(x, age, alphas=10.0 ** np.arange(0, 6), cv_predict=True,
-                      groups=table["subject_id"].to_numpy())
-    pred = probe.oof_pred
-    hc = table["diagnosis"].to_numpy() == "HC"
-    corrected = AgeBiasCorrector().fit(age[hc], pred[hc]).correct(age, pred)
-    out = table.copy()
-    out["age_pred"] = pred
-    out["bag"] = pred - age
-    out["bag_corrected"] = corrected - age
-    return out

@@ -117,6 +117,48 @@ def test_bag_roc_equals_pairwise_count_with_ties():
         bag_roc([1.0, 2.0], [0, 2])
 
 
+def test_crossfit_correction_never_uses_the_image_it_corrects(rng):
+    from brainkit.eval import crossfit_correct
+
+    age, pred = biased_predictions(rng, 400)
+    folds = np.where(np.arange(400) < 300, np.arange(400) % 3, -1)
+    corrected = crossfit_correct(age, pred, folds)
+    for i in (0, 1, 2, 350):   # a healthy image of each fold, and a patient
+        bumped = pred.copy()
+        bumped[i] += 10.0
+        again = crossfit_correct(age, bumped, folds)
+        # Beheshti subtracts a line that did not see image i: only image i moves, by 10
+        assert again[i] - corrected[i] == pytest.approx(10.0)
+        others = np.delete(np.arange(400), i)
+        moved = np.abs(again[others] - corrected[others]) > 1e-9
+        assert not moved[folds[others] == folds[i]].any() or folds[i] == -1
+    # on held-out data the corrected gap is about uncorrelated with age
+    assert abs(stats.pearsonr(age[:300], corrected[:300] - age[:300])[0]) < 0.1
+
+
+def test_crossfit_correction_recovers_a_planted_patient_gap(rng):
+    from brainkit.eval import crossfit_correct
+
+    age_hc, pred_hc = biased_predictions(rng, 600)
+    age_ad, pred_ad = biased_predictions(rng, 300, gap=4.0)
+    age = np.r_[age_hc, age_ad]
+    pred = np.r_[pred_hc, pred_ad]
+    folds = np.r_[np.arange(600) % 2, -np.ones(300, int)]
+    gap = crossfit_correct(age, pred, folds) - age
+    assert gap[:600].mean() == pytest.approx(0.0, abs=0.4)
+    assert gap[600:].mean() == pytest.approx(4.0, abs=0.5)
+
+
+def test_crossfit_correction_refuses_a_single_fold(rng):
+    from brainkit.eval import crossfit_correct
+
+    age, pred = biased_predictions(rng, 30)
+    with pytest.raises(ValueError, match="single healthy fold"):
+        crossfit_correct(age, pred, np.zeros(30, int))
+    with pytest.raises(ValueError, match="folds must be integers"):
+        crossfit_correct(age, pred, np.full(30, 0.5))
+
+
 @pytest.mark.parametrize("spread", [0.0, 1e-9, 1e-5])
 def test_bias_line_on_numerically_constant_ages_is_refused(rng, spread):
     # ages 1e-9 years apart once gave a slope of 1.5e9, silently

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from brainkit.eval import Estimate, auc, bootstrap_ci, mean_absolute_error, mean_difference
+from brainkit.eval import (
+    Estimate,
+    Replicates,
+    auc,
+    balanced_accuracy,
+    bootstrap_ci,
+    mean_absolute_error,
+    mean_difference,
+)
 
 
 def test_interval_covers_a_known_mean_at_its_nominal_rate():
@@ -55,11 +63,18 @@ def test_seeds_widen_the_interval_and_average_the_value():
     rng = np.random.default_rng(3)
     age = rng.uniform(20, 80, 300)
     per_seed = np.stack([age + rng.normal(offset, 3, 300) for offset in (-2.0, 0.0, 2.0)])
-    est = bootstrap_ci(lambda a, p: float(np.mean(p - a)), age, per_seed, n_seeds=3,
-                       n_boot=500)
-    single = bootstrap_ci(lambda a, p: float(np.mean(p - a)), age, per_seed[1], n_boot=500)
+    bias = lambda a, p: float(np.mean(p - a))  # noqa: E731 (p: (k, n), averaged over seeds)
+    est = bootstrap_ci(bias, age, Replicates(per_seed), n_boot=500)
+    single = bootstrap_ci(bias, age, per_seed[1], n_boot=500)
     assert est.n_seeds == 3 and est.value == pytest.approx(np.mean(per_seed - age), abs=1e-9)
     assert est.high - est.low > 2 * (single.high - single.low)
+    # two configurations with their own seeds: resampled independently, rows shared
+    other = Replicates(per_seed[:1] + 1.0)
+    diff = bootstrap_ci(lambda a, p, q: bias(a, q) - bias(a, p), age, Replicates(per_seed),
+                        other, n_boot=500)
+    assert diff.value == pytest.approx(1.0 + np.mean(per_seed[0]) - np.mean(per_seed), abs=1e-9)
+    with pytest.raises(ValueError, match=r"shape \(k, n\)"):
+        Replicates(np.zeros(3))
 
 
 def test_paired_difference_on_the_same_subjects():
@@ -80,6 +95,11 @@ def test_auc_equals_sklearn_with_ties():
     assert auc(scores, case) == pytest.approx(roc_auc_score(case, scores), abs=1e-12)
     assert np.isnan(auc(scores, np.zeros(300, bool)))
     assert mean_difference([1, 2, 3, 4], [True, True, False, False]) == -2.0
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = rng.choice(list("abcd"), 200)
+    p = np.where(rng.random(200) < 0.6, y, rng.choice(list("abcd"), 200))
+    assert balanced_accuracy(y, p) == pytest.approx(balanced_accuracy_score(y, p), abs=1e-12)
 
 
 def test_estimate_formatting_and_bad_arguments():
