@@ -44,19 +44,24 @@ def _quiet_kernel_dir(tmp: Path) -> Path:
     return tmp
 
 
-_CHAPTER = re.compile(r"(?:Executing notebook failed|Execution Failed)[^\n]*?"
-                      r"([\w./-]+\.(?:md|ipynb))", re.I)
+_CHAPTER = re.compile(r"(?:Executing notebook failed|Execution Failed|ExecutionError:)"
+                      r"[^\n]*?([\w./-]+\.(?:md|ipynb))", re.I)
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^Exception occurred|"
                         r"^Extension error|CellExecutionError|^-{20,}$")
-_ERROR_LINE = re.compile(r"^(\w+(?:Error|Exception|Interrupt)\b.*)$", re.M)
+_ERROR_LINE = re.compile(r"^(\w+(?:Error|Exception|Interrupt)\b:.*)$", re.M)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# the wrappers Sphinx and myst-nb put around the cell's own error
+_WRAPPERS = ("ExecutionError", "RuntimeError:", "CellExecutionError", "SphinxError")
 
 
 def failure_summary(log: str, *, returncode: int, log_path: Path | None, store: str) -> str:
     """The one paragraph printed when a build fails (what, where, what next)."""
+    log = _ANSI.sub("", log)
     chapter = _CHAPTER.search(log)
-    errors = _ERROR_LINE.findall(log)
-    where = f"in {chapter.group(1)}" if chapter else "(no chapter named in the log)"
-    what = errors[-1].strip() if errors else "see the log"
+    errors = [e for e in _ERROR_LINE.findall(log) if not e.startswith(_WRAPPERS)]
+    where = (f"in {Path(chapter.group(1)).name}" if chapter
+             else "(no chapter named in the log)")
+    what = errors[0].strip().rstrip(".") if errors else "see the log"
     parts = [f"The book build failed {where} (exit {returncode}): {what}."]
     if log_path is not None:
         parts.append(f"The full log is {log_path}.")
@@ -98,7 +103,7 @@ def build(book: Path, *, path_output: Path | None = None, extra_args=(),
                 lines.append(line)
                 # From the first traceback on, the rest goes to the log only: the summary
                 # below says what failed.
-                echo = echo and not _TRACEBACK.search(line)
+                echo = echo and not _TRACEBACK.search(_ANSI.sub("", line))
                 if echo or line.startswith("[brainkit "):
                     sys.stdout.write(line)
                     sys.stdout.flush()

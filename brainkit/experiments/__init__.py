@@ -1,31 +1,44 @@
 """Experiments: profiles, the cached results store, the paper's designs, sweeps."""
 
-from . import paper, realdata, summaries, toy
+from . import findings, paper, progress, prose, realdata, summaries, toy
 from .designs import (
     PretrainingSplit,
+    book_scaling,
     default_cohort,
     downstream_transfer,
     heldout_gaps,
     pretraining_split,
+    scaling_predictions,
     scaling_sweep,
     single_vs_merge,
+    single_vs_merge_predictions,
+    synthetic_cohort,
 )
-from .pipeline import LOSSES, cross_validate, train_encoder
+from .pipeline import BASELINE, LOSSES, MODELS, cross_validate, train_encoder
 from .profiles import PROFILES, Profile, get_profile
 from .speed import benchmark_reports, loader_throughput, machine, step_throughput
 from .store import ResultsStore, Run, RunOutput, config_key, default_store, load_results
 
 __all__ = [
+    "BASELINE",
     "LOSSES",
+    "MODELS",
     "PretrainingSplit",
+    "book_scaling",
     "cross_validate",
     "default_cohort",
+    "findings",
+    "progress",
+    "prose",
     "downstream_transfer",
     "heldout_gaps",
     "paper",
     "pretraining_split",
     "realdata",
     "scaling_sweep",
+    "scaling_predictions",
+    "single_vs_merge_predictions",
+    "synthetic_cohort",
     "single_vs_merge",
     "step_throughput",
     "benchmark_reports",

@@ -39,6 +39,7 @@ __all__ = [
     "scaling_sweep",
     "scaling_predictions",
     "scaling_subsets",
+    "book_scaling",
     "downstream_transfer",
     "heldout_gaps",
 ]
@@ -303,7 +304,7 @@ def _table3_runs(cohort, losses, *, profile, seeds, store, device, single_datase
     """(loss, seed, scheme, dataset, run, pool) for every Table 3 model, singles first."""
     split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
     for loss in losses:
-        for seed in seeds:
+        for seed in _seed_list(0, seeds, loss):
             for dataset, pool in split.pools.items():
                 if single_datasets is None or dataset in single_datasets:
                     run = train_encoder(cohort, loss, pool, profile=profile, seed=seed,
@@ -315,7 +316,7 @@ def _table3_runs(cohort, losses, *, profile, seeds, store, device, single_datase
 
 
 def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
-                    seed: int = 0, seeds: Sequence[int] | None = None,
+                    seed: int = 0, seeds: Sequence[int] | Mapping | None = None,
                     store: ResultsStore | None = None, device: str | None = None,
                     single_datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 3: "single" (trained and tested on each dataset) vs "merge" (trained on all).
@@ -337,8 +338,8 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
     age = cohort.table["age"].to_numpy(dtype=float)
     rows = []
     for loss, s, scheme, dataset, run, pool, split in _table3_runs(
-            cohort, losses, profile=profile, seeds=_seed_list(seed, seeds), store=store,
-            device=device, single_datasets=single_datasets):
+            cohort, losses, profile=profile, seeds=seeds if seeds is not None else [seed],
+            store=store, device=device, single_datasets=single_datasets):
         pred = run_predictions(run, cohort, pool)
         for name in ([dataset] if scheme == "single" else list(split.tests)):
             test = split.tests[name]
@@ -361,7 +362,7 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
 
 def single_vs_merge_predictions(cohort, losses: Sequence[str], *,
                                 profile: str | Profile | None = None, seed: int = 0,
-                                seeds: Sequence[int] | None = None,
+                                seeds: Sequence[int] | Mapping | None = None,
                                 store: ResultsStore | None = None, device: str | None = None,
                                 single_datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """The per-image predictions behind :func:`single_vs_merge`'s dataset rows.
@@ -378,8 +379,8 @@ def single_vs_merge_predictions(cohort, losses: Sequence[str], *,
     age = table["age"].to_numpy(dtype=float)
     frames = []
     for loss, s, scheme, dataset, run, pool, split in _table3_runs(
-            cohort, losses, profile=profile, seeds=_seed_list(seed, seeds), store=store,
-            device=device, single_datasets=single_datasets):
+            cohort, losses, profile=profile, seeds=seeds if seeds is not None else [seed],
+            store=store, device=device, single_datasets=single_datasets):
         pred = run_predictions(run, cohort, pool)
         for name in ([dataset] if scheme == "single" else list(split.tests)):
             test = split.tests[name]
@@ -436,11 +437,16 @@ def scaling_subsets(cohort, split: PretrainingSplit, sizes: Sequence[int], *,
     return nested_subsets(cohort, pool, sizes, seed=0, first=split.pools.get(first))
 
 
-def _seed_list(seed: int, seeds) -> list[int]:
+def _seed_list(seed: int, seeds, loss: str | None = None) -> list[int]:
+    """The training seeds of ``loss`` in a design: ``seeds`` (a list, or a mapping loss ->
+    list such as :meth:`Profile.seed_plan`), ``[seed]`` by default; the voxel ridge, which
+    is deterministic, takes only the first."""
+    if isinstance(seeds, Mapping):
+        seeds = seeds.get(loss, [seed])
     out = [int(seed)] if seeds is None else [int(s) for s in seeds]
     if not out or any(s < 0 for s in out):
         raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
-    return out
+    return out[:1] if loss == BASELINE else out
 
 
 def _scaling_runs(cohort, losses, train_sizes, *, profile, seeds, store, device):
@@ -448,7 +454,7 @@ def _scaling_runs(cohort, losses, train_sizes, *, profile, seeds, store, device)
     subsets = scaling_subsets(cohort, split, list(train_sizes or profile.train_sizes))
     for loss in losses:
         for subset in subsets:
-            for seed in seeds:
+            for seed in _seed_list(0, seeds, loss):
                 run = train_encoder(cohort, loss, subset, profile=profile, seed=seed,
                                     store=store, device=device)
                 yield loss, subset, seed, run, split
@@ -456,7 +462,7 @@ def _scaling_runs(cohort, losses, train_sizes, *, profile, seeds, store, device)
 
 def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None, *,
                   profile: str | Profile | None = None, seed: int = 0,
-                  seeds: Sequence[int] | None = None, store: ResultsStore | None = None,
+                  seeds: Sequence[int] | Mapping | None = None, store: ResultsStore | None = None,
                   device: str | None = None) -> pd.DataFrame:
     """Fig. 1: train on nested subsets of the merged healthy pool and run the challenge.
 
@@ -476,7 +482,8 @@ def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | No
     table = cohort.table
     rows = []
     for loss, subset, s, run, split in _scaling_runs(
-            cohort, losses, train_sizes, profile=profile, seeds=_seed_list(seed, seeds),
+            cohort, losses, train_sizes, profile=profile,
+            seeds=seeds if seeds is not None else [seed],
             store=store, device=device):
         rows.append({"loss": loss, "n_train": len(subset), "seed": s,
                      "n_sites": table["site"].iloc[subset].nunique(),
@@ -487,7 +494,7 @@ def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | No
 
 def scaling_predictions(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None,
                         *, profile: str | Profile | None = None, seed: int = 0,
-                        seeds: Sequence[int] | None = None, store: ResultsStore | None = None,
+                        seeds: Sequence[int] | Mapping | None = None, store: ResultsStore | None = None,
                         device: str | None = None) -> pd.DataFrame:
     """The per-image predictions behind :func:`scaling_sweep` (same runs, read back).
 
@@ -502,7 +509,8 @@ def scaling_predictions(cohort, losses: Sequence[str], train_sizes: Sequence[int
     table = cohort.table
     frames = []
     for loss, subset, s, run, split in _scaling_runs(
-            cohort, losses, train_sizes, profile=profile, seeds=_seed_list(seed, seeds),
+            cohort, losses, train_sizes, profile=profile,
+            seeds=seeds if seeds is not None else [seed],
             store=store, device=device):
         p = challenge_predictions(run, cohort, split, store=store)
         frames.append(p.assign(loss=loss, n_train=len(subset), seed=s,
@@ -513,8 +521,27 @@ def scaling_predictions(cohort, losses: Sequence[str], train_sizes: Sequence[int
     return out[front + [c for c in out.columns if c not in front]]
 
 
+def book_scaling(cohort, *, profile: str | Profile | None = None,
+                 store: ResultsStore | None = None, device: str | None = None) -> pd.DataFrame:
+    """The scaling predictions the book shows (:func:`scaling_predictions`): the voxel ridge
+    and the profile's ``core_losses`` at every training size and seed, the profile's other
+    losses on the merged pool with its first seed (what a small profile can afford)."""
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    plan = profile.seed_plan()
+    core = [BASELINE] + [x for x in profile.losses if x in profile.core_losses]
+    rest = [x for x in profile.losses if x not in profile.core_losses]
+    frames = [scaling_predictions(cohort, core, profile=profile, seeds=plan, store=store,
+                                  device=device)]
+    if rest:
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        frames.append(scaling_predictions(cohort, rest, [len(split.merged)], profile=profile,
+                                          seeds=plan, store=store, device=device))
+    return pd.concat(frames, ignore_index=True)
+
+
 def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
-                 seed: int = 0, seeds: Sequence[int] | None = None,
+                 seed: int = 0, seeds: Sequence[int] | Mapping | None = None,
                  store: ResultsStore | None = None, device: str | None = None,
                  correction: str = "beheshti") -> pd.DataFrame:
     """Fig. 2: brain-age gaps of held-out healthy controls and of every patient image.
@@ -548,7 +575,7 @@ def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None
         folds[half] = k
     frames = []
     for loss in losses:
-        for s in _seed_list(seed, seeds):
+        for s in _seed_list(seed, seeds, loss):
             run = train_encoder(cohort, loss, split.merged, profile=profile, seed=s,
                                 store=store, device=device)
             pred = run_predictions(run, cohort, split.merged)
@@ -573,14 +600,16 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
     Each loss's encoder is pretrained on the healthy pool of ``pretrain_dataset`` (the
     "single" run of :func:`single_vs_merge`), then fine-tuned with a linear head on each
     dataset in ``datasets`` (HC vs AD, subject-level folds) and tested within and across
-    datasets (:func:`brainkit.eval.transfer_matrix`). Cached per loss.
+    datasets (:func:`brainkit.eval.transfer_matrix`). Cached per loss. ``"ridge"``, the
+    classical baseline, is an L2-penalised logistic regression on the principal components
+    of the voxels, fitted on the same folds (:func:`_voxel_transfer`).
 
     Returns
     -------
     dict
         ``"scores"``: one row per (loss, source, target, fold) with ``balanced_accuracy``,
         ``auc``, ``n_train``, ``n_test``; ``"predictions"``: every test prediction (loss,
-        source, target, fold, index, image_id, y_true, prob).
+        source, target, fold, index, image_id, y_true, prob, subject_id).
     """
     import torch
 
@@ -606,6 +635,11 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
         data[name] = rows
     scores, preds = [], []
     for loss in losses:
+        if loss == BASELINE:
+            result = _voxel_transfer(cohort, data, folds=folds, seed=seed, store=store)
+            for key, frame in (("scores", scores), ("predictions", preds)):
+                frame.append(result[key].assign(loss=loss)[["loss", *result[key].columns]])
+            continue
         run = train_encoder(cohort, loss, split.pools[pretrain_dataset], profile=profile,
                             seed=seed, store=store, device=device)
         config = {"kind": "finetune", "pretrained": run.key, "datasets": list(datasets),
@@ -636,5 +670,58 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
         p = out.table("predictions")
         p.insert(0, "loss", loss)
         preds.append(p)
-    return {"scores": pd.concat(scores, ignore_index=True),
-            "predictions": pd.concat(preds, ignore_index=True)}
+    predictions = pd.concat(preds, ignore_index=True)
+    subject = dict(zip(table["image_id"], table["subject_id"].astype(str)))
+    predictions["subject_id"] = predictions["image_id"].map(subject)
+    return {"scores": pd.concat(scores, ignore_index=True), "predictions": predictions}
+
+
+def _voxel_transfer(cohort, data: dict, *, folds: int, seed: int, store) -> dict:
+    """The downstream baseline: PCA of the masked voxels + balanced logistic regression, on
+    exactly the folds :func:`brainkit.eval.transfer_matrix` uses; cached in the store."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    table = cohort.table
+    config = {"kind": "finetune", "pretrained": BASELINE, "datasets": sorted(data),
+              "folds": folds, "seed": seed, "cohort": cohort.content_hash,
+              "model": {"components": 64, "classifier": "LogisticRegressionCV(l2, balanced)"}}
+
+    def compute(_work) -> RunOutput:
+        images = {k: cohort.images(v).reshape(len(v), -1) for k, v in data.items()}
+        labels = {k: (table["diagnosis"].to_numpy()[v] == "AD").astype(int)
+                  for k, v in data.items()}
+        groups = {k: table["subject_id"].to_numpy()[v] for k, v in data.items()}
+        rows, preds = [], []
+        for source in data:
+            x, y, g = images[source], labels[source], groups[source]
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+            for fold, (tr, te) in enumerate(splitter.split(np.zeros(len(y)), y, g)):
+                k = int(min(64, len(tr) - 1))
+                model = make_pipeline(PCA(n_components=k, random_state=0), StandardScaler(),
+                                      LogisticRegressionCV(Cs=10, cv=3, max_iter=2000,
+                                                           class_weight="balanced"))
+                model.fit(x[tr], y[tr])
+                for target in data:
+                    idx = te if target == source else np.arange(len(labels[target]))
+                    prob = model.predict_proba(images[target][idx])[:, 1]
+                    truth = labels[target][idx]
+                    rows.append({"source": source, "target": target, "fold": fold,
+                                 "balanced_accuracy": float(balanced_accuracy_score(
+                                     truth, (prob >= 0.5).astype(int))),
+                                 "auc": float(roc_auc_score(truth, prob))
+                                 if 0 < truth.sum() < truth.size else float("nan"),
+                                 "n_train": int(len(tr)), "n_test": int(len(idx))})
+                    preds.append(pd.DataFrame({
+                        "source": source, "target": target, "fold": fold, "index": idx,
+                        "y_true": truth, "prob": prob,
+                        "image_id": table["image_id"].to_numpy()[data[target][idx]]}))
+        return RunOutput(tables={"scores": pd.DataFrame(rows),
+                                 "predictions": pd.concat(preds, ignore_index=True)})
+
+    out = store.get_or_compute(config, compute)
+    return {"scores": out.table("scores"), "predictions": out.table("predictions")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["table3", "table4", "QUOTED"]
+__all__ = ["table3", "table4", "QUOTED", "PROTOCOL", "TABLE1"]
 
 _LOSSES = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
 
@@ -55,6 +55,43 @@ QUOTED = {
     "exp_bacc_bound_percent": 6.0, "ece_range_percent": (10.0, 12.0),
     "challenge_previous_sota": 1.54, "challenge_merge_exp": 0.93,
 }
+
+
+#: The paper's protocol (Sec. 3.3, "Experimental protocol"; ``sigma`` and ``views`` are the
+#: released code's best setting and its two views per image, see ``shared/spec/losses.md``).
+PROTOCOL = {
+    "folds": 5, "parameters_millions": 33.2, "lr": 1e-4, "lr_gamma": 0.9, "lr_step": 10,
+    "weight_decay": 5e-5, "batch_size": 32, "epochs": 300, "rnc_temperature": 2.0,
+    "temperature": 0.1, "sigma": 2.0, "views": 2,
+}
+
+#: Table 1: subjects, images, mean (sd) age and age range per dataset.
+TABLE1 = {
+    "openbhb": {"subjects": 3984, "images": 3984, "age": (24.92, 14.29), "range": (5.9, 88)},
+    "adni": {"subjects": 1754, "images": 14332, "age": (76.22, 7.17), "range": (50.5, 97.4)},
+    "icbm": {"subjects": 622, "images": 977, "age": (33.71, 13.94), "range": (18, 80)},
+    "oasis3": {"subjects": 685, "images": 1354, "age": (67.77, 9.16), "range": (42, 95)},
+}
+
+
+def numbers() -> set[str]:
+    """Every number this module transcribes, as the book's prose may write it (``"0.93"``,
+    ``"9.33"``, ``"3984"``, ``"3,984"``): the prose test allows these unglued."""
+    values = []
+    for frame in (table3(), table4()):
+        values += [v for v in frame.select_dtypes("number").to_numpy().ravel() if v == v]
+        values += [100 * v for v in frame.select_dtypes("number").to_numpy().ravel() if v == v]
+    for v in QUOTED.values():
+        values += list(v) if isinstance(v, tuple) else [v]
+    values += list(PROTOCOL.values())
+    for row in TABLE1.values():
+        for v in row.values():
+            values += list(v) if isinstance(v, tuple) else [v]
+    out = set()
+    for v in values:
+        v = float(v)
+        out.update({f"{v:g}", f"{v:.1f}", f"{v:.2f}", f"{v:,.0f}" if v >= 1000 else f"{v:g}"})
+    return out
 
 
 def table3() -> pd.DataFrame:

@@ -77,6 +77,7 @@ def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -
     """The configuration that identifies a training run (its store key is this dict's hash)."""
     if loss == BASELINE:
         return baseline_config(cohort, train_idx)
+    profile = profile.for_loss(loss)
     train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
     ages = cohort.table["age"].to_numpy()[train_idx]
     return {
@@ -88,7 +89,9 @@ def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -
             "epochs": profile.epochs, "batch_size": profile.batch_size, "lr": profile.lr,
             "weight_decay": profile.weight_decay, "lr_step": profile.lr_step,
             "lr_gamma": profile.lr_gamma, "lr_schedule": profile.lr_schedule,
-            "warmup_epochs": profile.warmup_epochs,
+            # a profile shortened to fewer epochs (tests, smoke) keeps at least one
+            # epoch after its warm-up
+            "warmup_epochs": min(profile.warmup_epochs, profile.epochs - 1),
             "n_views": 1 if loss == "l1" else profile.n_views,
             "augmentation": profile.augmentation,
             "recalibrate_bn": profile.recalibrate_bn,

@@ -28,7 +28,8 @@ class Profile:
     depth, widths, head_dims : model shape (see :func:`brainkit.models.build_model`).
     epochs, batch_size, lr, weight_decay, lr_step, lr_gamma, lr_schedule, warmup_epochs, \
 n_views, augmentation :
-        training protocol (see :func:`brainkit.train.fit`).
+        training protocol (see :func:`brainkit.train.fit`); the warm-up is capped at
+        ``epochs - 1``, so a profile shortened with ``replace(epochs=...)`` still trains.
     folds : int
         Cross-validation folds.
     cohort_sizes : dict
@@ -43,6 +44,12 @@ n_views, augmentation :
         Training-set sizes (images) of the scaling sweeps.
     losses : tuple of str
         Losses compared in the book.
+    seeds : tuple of int
+        Training seeds of the book's models (every headline number is an average over them,
+        with an interval that resamples them).
+    core_losses : tuple of str
+        The losses trained at every scaling size with every seed; the profile's other losses
+        are trained on the merged pool with the first seed (:meth:`seed_plan`).
     sigma, temperature : float
         Kernel width (years) and temperature of the kernelised losses. The paper: 2 and 0.1.
         ``ci`` widens the kernel to 5 years: with 16 images per batch spread over 90 years,
@@ -51,10 +58,20 @@ n_views, augmentation :
         pool, measured: exp 8.7 -> 3.2, threshold 12.5 -> 2.9, y-aware 3.3 -> 2.8 years).
     finetune_epochs, finetune_lr : int, float
         Downstream fine-tuning (HC vs AD) of a pretrained encoder with a linear head.
+    finetune_losses : tuple of str
+        Losses whose encoders are fine-tuned in the book (Table 4, Fig. 3); the voxel
+        baseline is always added.
     recalibrate_bn : bool
         Recompute batch-norm statistics on the clean training images after training
         (:func:`brainkit.train.recalibrate_batchnorm`). Needed for short high-learning-rate
         runs (``ci``), off for the paper's protocol (not in the released code).
+    loss_settings : dict
+        Per-loss changes to the training settings, e.g. ``{"l1": {"lr": 3e-3}}``: what
+        :meth:`for_loss` applies. ``ci`` tunes the learning rate and epochs of the L1
+        regression apart from the contrastive losses (their gradients differ in scale, and L1
+        sees one view per image where the contrastive losses see two).
+    real_grid_mm : float
+        Grid the book imports real NIfTI images to (the OASIS-1 chapter).
     device : str
         ``"auto"`` picks CUDA when available.
     """
@@ -71,6 +88,8 @@ n_views, augmentation :
     pool_sizes: dict | None = None
     train_sizes: tuple[int, ...] = ()
     losses: tuple[str, ...] = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
+    seeds: tuple[int, ...] = (0,)
+    core_losses: tuple[str, ...] = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
     lr: float = 1e-4
     weight_decay: float = 5e-5
     lr_step: int = 10
@@ -84,6 +103,9 @@ n_views, augmentation :
     recalibrate_bn: bool = False
     finetune_epochs: int = 30
     finetune_lr: float = 1e-4
+    finetune_losses: tuple[str, ...] = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
+    loss_settings: dict = field(default_factory=dict)
+    real_grid_mm: float = 4.0
     device: str = "auto"
 
     def replace(self, **changes) -> Profile:
@@ -92,6 +114,19 @@ n_views, augmentation :
         if unknown:
             raise TypeError(f"unknown profile setting(s) {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
+
+    def for_loss(self, loss: str) -> Profile:
+        """This profile with ``loss_settings[loss]`` applied (itself when there are none)."""
+        changes = dict(self.loss_settings.get(loss, {}))
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"loss_settings[{loss!r}] has unknown setting(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def seed_plan(self) -> dict:
+        """Training seeds per loss: ``seeds`` for the core losses, the first seed otherwise."""
+        return {loss: (tuple(self.seeds) if loss in self.core_losses else tuple(self.seeds[:1]))
+                for loss in self.losses}
 
     def model_config(self, kind: str) -> dict:
         """Arguments for :func:`brainkit.models.build_model`."""
@@ -109,11 +144,14 @@ n_views, augmentation :
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
-        epochs=20, batch_size=16, folds=3, lr=1e-3, lr_step=10, lr_gamma=0.9,
-        recalibrate_bn=True, sigma=5.0,
+        epochs=20, batch_size=16, folds=3, lr=1e-3, lr_schedule="cosine", warmup_epochs=2,
+        augmentation="none", recalibrate_bn=True, sigma=5.0,
         cohort_sizes={"openbhb": 800, "adni": 150, "icbm": 80, "oasis3": 250},
         pool_sizes={"openbhb": 170, "adni": 85, "icbm": 60, "oasis3": 85},
-        train_sizes=(100, 200), finetune_epochs=4,
+        train_sizes=(170, 285), finetune_epochs=4,
+        losses=("l1", "yaware", "threshold", "exp"), core_losses=("l1", "exp"),
+        finetune_losses=("l1", "exp"), seeds=(0, 1, 2),
+        loss_settings={"l1": {"lr": 3e-3}}, real_grid_mm=6.0,
     ),
     "workstation": Profile(
         name="workstation", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),
@@ -132,9 +170,10 @@ PROFILES: dict[str, Profile] = {
 
 # A tiny profile for developing the book and the pipeline: everything runs, nothing is learnt.
 PROFILES["smoke"] = PROFILES["ci"].replace(
-    name="smoke", widths=(4, 8, 16, 32), head_dims=(16, 8), epochs=1, finetune_epochs=1,
-    cohort_sizes={"openbhb": 200, "adni": 40, "icbm": 20, "oasis3": 60},
-    pool_sizes={"openbhb": 40, "adni": 20, "icbm": 10, "oasis3": 20}, train_sizes=(30, 60))
+    name="smoke", widths=(4, 8, 16, 32), head_dims=(16, 8), epochs=1,
+    finetune_epochs=1, cohort_sizes={"openbhb": 200, "adni": 40, "icbm": 20, "oasis3": 60},
+    pool_sizes={"openbhb": 40, "adni": 20, "icbm": 10, "oasis3": 20}, train_sizes=(40, 60),
+    seeds=(0, 1))
 
 
 def get_profile(profile: str | Profile | None = None) -> Profile:

@@ -21,6 +21,16 @@ __all__ = [
     "oasis1_images",
     "oasis2_volumetrics",
     "fcon1000_thickness",
+    "REAL_MODELS",
+    "cross_validated_brain_age",
+    "healthy_mae",
+    "gap_by_cdr",
+    "dementia_rocs",
+    "dementia_auc",
+    "oasis1_markdown",
+    "oasis2_markdown",
+    "site_predictability",
+    "fcon1000_markdown",
 ]
 
 _FILES = {
@@ -127,3 +137,134 @@ def fcon1000_thickness(root=None, *, min_site_size: int = 40, per_site: int | No
             rng.choice(g, size=min(per_site, len(g)), replace=False)
             for _, g in pd.Series(rows).groupby(table["site"].to_numpy()[rows])]))
     return table.iloc[rows].reset_index(drop=True), features.iloc[rows].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- analyses
+#: The models the real-data chapter compares on OASIS-1 (the baseline and two losses).
+REAL_MODELS = ("ridge", "l1", "exp")
+
+
+def _md(text: str):
+    from IPython.display import Markdown
+
+    return Markdown(text)
+
+
+def cross_validated_brain_age(cohort, *, models=REAL_MODELS, profile=None, store=None,
+                              folds: int = 5, device=None) -> pd.DataFrame:
+    """:func:`~brainkit.experiments.pipeline.cross_validate` of every model on the same
+    subject-level folds, stacked (``loss`` column), with a ``cdr`` label (``"0"`` for
+    healthy images, else the rating; OASIS-1 leaves most under-60s unrated: healthy)."""
+    from .pipeline import cross_validate
+
+    frames = [cross_validate(cohort, m, folds=folds, profile=profile, store=store,
+                             device=device) for m in models]
+    out = pd.concat(frames, ignore_index=True)
+    if "CDR" in out:
+        cdr = pd.to_numeric(out["CDR"], errors="coerce").fillna(0.0)
+        out["cdr"] = cdr.map(lambda v: f"{v:g}")
+    out["seed"] = 0
+    return out
+
+
+def healthy_mae(cv: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
+    """Out-of-fold MAE of the healthy images per model, with intervals (subjects resampled)."""
+    from ..plots.theme import loss_label
+    from .summaries import mae_summary, with_intervals
+
+    hc = cv[cv["diagnosis"] == "HC"].assign(subject_id=lambda t: t["subject_id"].astype(str))
+    out = mae_summary(hc, by=("loss",), n_boot=n_boot)
+    out["loss"] = out["loss"].map(loss_label)
+    return with_intervals(out, ["mae"], keep=["loss", "n", "n_subjects"])
+
+
+def gap_by_cdr(cv: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
+    """Mean corrected gap per model and clinical dementia rating, with intervals."""
+    from .summaries import gap_intervals, with_intervals
+
+    table = gap_intervals(cv.assign(diagnosis=cv["cdr"]), n_boot=n_boot)
+    table = table.rename(columns={"diagnosis": "cdr"})
+    return with_intervals(table, ["gap"], keep=["loss", "cdr", "n", "n_subjects"])
+
+
+def _dementia_rows(cv: pd.DataFrame) -> pd.DataFrame:
+    old = cv["age"] >= 60
+    return cv[old & cv["diagnosis"].isin(["HC", "AD"])]
+
+
+def dementia_rocs(cv: pd.DataFrame) -> dict:
+    """ROC curves of the corrected gap, CDR > 0 vs healthy aged >= 60, per model."""
+    from .summaries import roc_by_loss
+
+    return roc_by_loss(_dementia_rows(cv), case="AD", control="HC")
+
+
+def dementia_auc(cv: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
+    """AUC of the corrected gap for CDR > 0 vs healthy aged >= 60, with intervals."""
+    from .summaries import auc_summary, with_intervals
+
+    rows = _dementia_rows(cv)
+    table = auc_summary(rows.assign(dataset="oasis1"), datasets=("oasis1",), n_boot=n_boot)
+    return with_intervals(table, ["auc"], keep=["loss", "n_case", "n_control"])
+
+
+def oasis1_markdown(cv: pd.DataFrame | None):
+    """The OASIS-1 result sentences: each CNN against the voxel ridge (MAE and AUC)."""
+    from ..plots.theme import loss_label
+    from . import prose
+    from .findings import auc_difference, mae_difference
+
+    if cv is None:
+        return _md("The OASIS-1 images were not found, so no result is reported here.")
+    hc = cv[cv["diagnosis"] == "HC"].assign(subject_id=lambda t: t["subject_id"].astype(str))
+    rows = _dementia_rows(cv).assign(dataset="oasis1")
+    lines = []
+    for loss in [m for m in cv["loss"].unique() if m != "ridge"]:
+        mae = mae_difference(hc, loss=loss, baseline="ridge")
+        auc = auc_difference(rows, dataset="oasis1", loss=loss, baseline="ridge")
+        lines.append("- " + prose.difference(loss_label(loss), "the voxel ridge", mae,
+                                             metric="healthy held-out MAE", unit="years"))
+        lines.append("- " + prose.difference(loss_label(loss), "the voxel ridge", auc,
+                                             metric="dementia AUC", digits=3))
+    return _md("\n".join(lines))
+
+
+def oasis2_markdown(fit):
+    """One sentence on the nWBV slope difference of dementia (Markdown)."""
+    from ..eval.uncertainty import Estimate
+    from . import prose
+
+    if fit is None:
+        return _md("")
+    diffs = fit.slope_differences.set_index("group")
+    lines = []
+    for group, row in diffs.iterrows():
+        est = Estimate(value=float(row["difference"]), low=float(row["ci_low"]),
+                       high=float(row["ci_high"]), n=int(fit.n_obs), n_groups=int(fit.n_subjects))
+        lines.append(prose.difference(group, fit.reference, est,
+                                      metric="yearly change of nWBV", digits=4,
+                                      what="visits"))
+    return _md(" ".join(lines))
+
+
+def site_predictability(table: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    """The site probe on real features: balanced accuracy with chance, sites and subjects."""
+    from ..eval import site_probe
+
+    probe = site_probe(features.to_numpy(), table["site"].to_numpy())
+    return pd.DataFrame([{"site_bacc": probe.cv_score, "chance": probe.chance_score,
+                          "sites": int(table["site"].nunique()), "subjects": len(table)}])
+
+
+def fcon1000_markdown(site: pd.DataFrame | None):
+    """Whether the site is recovered above chance, from the numbers (Markdown)."""
+    from . import prose
+
+    if site is None:
+        return _md("The fcon1000 table was not found, so no result is reported here.")
+    row = site.iloc[0]
+    margin = float(row["site_bacc"] - row["chance"])
+    word = "above" if margin > 0.1 else "not clearly above"
+    return _md(f"The probe recovers the site {prose.claim(word, margin)} chance: balanced "
+               f"accuracy {row['site_bacc']:.3f} against {row['chance']:.3f} "
+               f"({int(row['sites'])} sites, {int(row['subjects'])} subjects).")

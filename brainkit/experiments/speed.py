@@ -26,8 +26,19 @@ import numpy as np
 
 from .profiles import Profile, get_profile
 
-__all__ = ["benchmark_reports", "loader_throughput", "machine", "report_header",
+__all__ = [
+    "YARDSTICKS",
+    "TARGETS","benchmark_reports", "loader_throughput", "machine", "report_header",
            "step_throughput", "time_loader"]
+
+#: Reference points of the design notes (shared/DESIGN.md, "Performance design"), measured
+#: on one H200 with a plain PyTorch loop at 1.5 mm, ResNet-18, batch 32 x 2 views
+#: (volumes per second).
+YARDSTICKS = {"step_fp32_defaults": 274, "step_bf16_channels_last": 386,
+              "end_to_end_cpu_loader": 216, "cpu_loader_workers": 8}
+#: The speed targets on one GPU: brainkit's ``fit`` end to end at least this many times the
+#: plain loop, and at least this fraction of its own step-only rate.
+TARGETS = {"end_to_end_vs_plain": 1.4, "end_to_end_vs_step": 0.90}
 
 #: Columns of :func:`benchmark_reports`.
 REPORT_COLUMNS = ("benchmark", "figure", "value", "unit", "setting", "device", "machine",

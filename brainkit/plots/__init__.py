@@ -9,7 +9,7 @@ from .bag import bag_distributions, bag_trajectories, roc_curves
 from .calibration import reliability_diagram
 from .losses import kernels, toy_embeddings
 from .data import age_histogram, category_colors, example_slices, site_ages
-from .scaling import mae_vs_accuracy, scaling_curves, site_bacc_curves
+from .scaling import mae_vs_accuracy, model_comparison, scaling_curves, site_bacc_curves
 from .speed import throughput_bars
 from .theme import (
     GROUP_COLORS,
@@ -38,6 +38,7 @@ __all__ = [
     "site_ages",
     "example_slices",
     "scaling_curves",
+    "model_comparison",
     "site_bacc_curves",
     "mae_vs_accuracy",
     "bag_distributions",

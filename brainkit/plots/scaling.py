@@ -19,14 +19,26 @@ import plotly.graph_objects as go
 from brainkit.plots._common import check_table, new_figure, numeric, ordered_losses
 from brainkit.plots.theme import loss_color, loss_label
 
-__all__ = ["scaling_curves", "site_bacc_curves", "mae_vs_accuracy"]
+__all__ = ["scaling_curves", "site_bacc_curves", "mae_vs_accuracy", "model_comparison"]
 
 
 def _aggregate(table: pd.DataFrame, x: str, y: str, loss: str) -> pd.DataFrame:
+    """Mean and error bar per (loss, x): the table's ``{y}_low`` / ``{y}_high`` interval when
+    it has one (a summary, one row per point), else +- the sd over repeated rows."""
     data = pd.DataFrame({"loss": table[loss].to_numpy(), "x": numeric(table, x),
-                         "y": numeric(table, y)}).dropna()
-    agg = data.groupby(["loss", "x"], sort=True)["y"].agg(["mean", "std", "size"]).reset_index()
-    agg["std"] = agg["std"].fillna(0.0)
+                         "y": numeric(table, y)})
+    if f"{y}_low" in table and f"{y}_high" in table:
+        data["low"] = numeric(table, f"{y}_low")
+        data["high"] = numeric(table, f"{y}_high")
+        agg = data.dropna(subset=["x", "y"]).groupby(["loss", "x"], sort=True).agg(
+            mean=("y", "mean"), low=("low", "mean"), high=("high", "mean"),
+            size=("y", "size")).reset_index()
+        agg["plus"] = (agg["high"] - agg["mean"]).fillna(0.0)
+        agg["minus"] = (agg["mean"] - agg["low"]).fillna(0.0)
+        return agg
+    agg = data.dropna().groupby(["loss", "x"], sort=True)["y"].agg(
+        ["mean", "std", "size"]).reset_index()
+    agg["plus"] = agg["minus"] = agg["std"].fillna(0.0)
     return agg
 
 
@@ -39,8 +51,11 @@ def _metric_vs_size(table, *, x, y, loss, title, x_title, y_title, log_x, scale)
         fig.add_trace(go.Scatter(
             x=sub["x"].to_numpy(), y=scale * sub["mean"].to_numpy(), mode="lines+markers",
             name=loss_label(name), legendgroup=str(name), meta={"loss": str(name)},
-            line=dict(color=loss_color(name), width=2), marker=dict(size=7),
-            error_y=dict(type="data", array=scale * sub["std"].to_numpy(), visible=True,
+            line=dict(color=loss_color(name), width=2,
+                      dash="dot" if name == "ridge" else "solid"),
+            marker=dict(size=7),
+            error_y=dict(type="data", symmetric=False, array=scale * sub["plus"].to_numpy(),
+                         arrayminus=scale * sub["minus"].to_numpy(), visible=True,
                          thickness=1.2, width=3),
         ))
     if log_x:
@@ -52,12 +67,14 @@ def scaling_curves(table: pd.DataFrame, *, x: str = "n_train", y: str = "mae_ext
                    loss: str = "loss", fits: Mapping | None = None, log_x: bool = True,
                    title: str | None = None, x_title: str = "Training images",
                    y_title: str = "External MAE (years)") -> go.Figure:
-    """Error vs training-set size, one line per loss (mean +- sd over repeated rows).
+    """Error vs training-set size, one line per loss, with error bars.
 
     Parameters
     ----------
     table : DataFrame
-        One row per run with columns ``x`` (training size), ``y`` (error) and ``loss``.
+        Columns ``x`` (training size), ``y`` (error) and ``loss``: one row per run (bars:
+        +- sd over repeated rows), or one row per point with ``{y}_low`` and ``{y}_high``
+        (bars: that interval, e.g. :func:`brainkit.experiments.summaries.challenge_summary`).
     x, y, loss : str
         Column names.
     fits : mapping of loss name to PowerLawFit, optional
@@ -191,4 +208,31 @@ def mae_vs_accuracy(table: pd.DataFrame, *, x: str = "mae", y: str = "balanced_a
                 legendgroup=str(name), meta={"loss": str(name), "kind": "fit"},
                 line=dict(color=loss_color(name), width=1.5, dash="dash"), hoverinfo="skip",
             ))
+    return fig
+
+
+def model_comparison(table: pd.DataFrame, *, value: str = "mae", group: str = "data",
+                     loss: str = "loss", title: str | None = None,
+                     y_title: str = "Held-out healthy MAE (years)") -> go.Figure:
+    """Grouped bars: one group per ``group`` value (e.g. synthetic / real data), one bar per
+    model, error bars from ``{value}_low`` / ``{value}_high``.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``bar`` trace per model (``meta["loss"]``).
+    """
+    check_table(table, [value, f"{value}_low", f"{value}_high", group, loss])
+    fig = new_figure(title=title, x_title="", y_title=y_title)
+    for name in ordered_losses(table[loss]):
+        sub = table[table[loss] == name]
+        v = sub[value].to_numpy(dtype=float)
+        fig.add_trace(go.Bar(
+            x=sub[group].astype(str).to_numpy(), y=v, name=loss_label(name),
+            meta={"loss": str(name)}, marker_color=loss_color(name),
+            error_y=dict(type="data", symmetric=False,
+                         array=sub[f"{value}_high"].to_numpy(dtype=float) - v,
+                         arrayminus=v - sub[f"{value}_low"].to_numpy(dtype=float)),
+        ))
+    fig.update_layout(barmode="group")
     return fig

@@ -27,8 +27,10 @@ __all__ = [
 #: Name of the registered plotly template.
 TEMPLATE = "brainkit"
 
-#: Fixed colour per loss name (the names used by ``make_loss`` plus the L1 baseline).
+#: Fixed colour per loss name (the names used by ``make_loss``, the L1 baseline and the
+#: classical voxel-ridge baseline).
 LOSS_COLORS: dict[str, str] = {
+    "ridge": "#000000",
     "l1": "#595959",
     "yaware": "#0072B2",
     "threshold": "#009E73",
@@ -39,6 +41,7 @@ LOSS_COLORS: dict[str, str] = {
 
 #: Display names of the losses (legends).
 LOSS_LABELS: dict[str, str] = {
+    "ridge": "voxel ridge",
     "l1": "L1",
     "yaware": "y-aware",
     "threshold": "threshold",

@@ -46,7 +46,7 @@ def _train(args) -> int:
 
     from .loop import TrainingInterrupted, fit
 
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile).for_loss(args.loss)
     cohort = Cohort.load(args.cohort)
     indices = None
     if args.split is not None:
@@ -74,7 +74,8 @@ def _train(args) -> int:
             lr=args.lr if args.lr is not None else profile.lr,
             weight_decay=profile.weight_decay, lr_step=profile.lr_step,
             lr_gamma=profile.lr_gamma, lr_schedule=profile.lr_schedule,
-            warmup_epochs=profile.warmup_epochs,
+            warmup_epochs=min(profile.warmup_epochs,
+                              (args.epochs if args.epochs is not None else profile.epochs) - 1),
             n_views=None if kind == "regression" else profile.n_views,
             augmentation=args.augmentation or profile.augmentation,
             device=args.device or profile.resolved_device(), seed=args.seed,

@@ -56,3 +56,66 @@ def test_pages_load_nothing_from_the_network(built_book):
         match = pattern.search(page.read_text())
         assert match is None, f"{page.relative_to(built_book)} loads {match.group(0)}"
 
+
+
+# --------------------------------------------------------------------------- truthful prose
+_CLAIM = re.compile(r'<span class="bk-claim" data-word="([^"]*)" data-value="([^"]*)" '
+                    r'data-low="([^"]*)" data-high="([^"]*)"(?: data-claimed="([^"]*)")?>')
+_DIRECTIONS = {"higher": "up", "rises": "up", "lower": "down", "falls": "down",
+               "not clearly different": "none", "does not change clearly": "none"}
+
+
+def _expected_word(word, value, low, high, claimed):
+    import math
+
+    if word in _DIRECTIONS:
+        side = "up" if low > 0 else "down" if high < 0 else "none"
+        return _DIRECTIONS[word] == side
+    if word in ("supported", "contradicted", "inconclusive", "not computed"):
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return word == "not computed"
+        op, threshold = claimed.split()
+        threshold = float(threshold)
+        above, below = low > threshold, high < threshold
+        good, bad = (above, below) if op == ">" else (below, above)
+        return word == ("supported" if good else "contradicted" if bad else "inconclusive")
+    if word in ("above", "not clearly above"):
+        return (value > 0.1) == (word == "above")
+    raise AssertionError(f"unknown claim word {word!r}")
+
+
+def test_every_glued_claim_agrees_with_its_numbers(built_book, toc_entries):
+    """Each result word of the book (lower / higher / supported ...) is re-derived from the
+    numbers the page carries beside it."""
+    seen = 0
+    for name in toc_entries:
+        html = (built_book / f"{name}.html").read_text()
+        for word, value, low, high, claimed in _CLAIM.findall(html):
+            seen += 1
+            value, low, high = (float(x) for x in (value, low, high))
+            assert _expected_word(word, value, low, high, claimed), \
+                f"{name}: '{word}' disagrees with value {value} [{low}, {high}] {claimed}"
+    assert seen >= 20, f"only {seen} glued claims in the whole book"
+
+
+def test_the_ledger_page_lists_verdicts_with_intervals_and_n(built_book):
+    html = (built_book / "chapters" / "findings.html").read_text()
+    for text in ("estimate [95 % interval]", "verdict", "scaling", "transfer", "calibration",
+                 "voxel ridge"):
+        assert text in html, f"findings.html lacks {text!r}"
+    verdicts = re.findall(r"<td[^>]*>(supported|contradicted|inconclusive|not computed)</td>",
+                          html)
+    assert len(verdicts) >= 12, verdicts
+    assert re.search(r"<td[^>]*>\d+ images \(\d+ subj\., \d+ seeds?\)</td>", html), \
+        "no n beside a statistic"
+
+
+def test_every_comparison_table_has_the_voxel_ridge(built_book):
+    for chapter in ("scaling", "site_bias", "brain_age_gap", "downstream", "data"):
+        html = (built_book / "chapters" / f"{chapter}.html").read_text()
+        assert "voxel ridge" in html or ">ridge<" in html, f"{chapter} has no voxel-ridge row"
+
+
+def test_build_printed_progress_lines(built_book):
+    log = (built_book.parent / "build-stdout.txt").read_text()
+    assert "[brainkit " in log and ": done in " in log

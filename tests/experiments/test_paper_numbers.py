@@ -55,3 +55,21 @@ def test_tidy_tables():
     assert exp.score == 0.93 and exp.bacc == pytest.approx(0.054)
     t4 = paper.table4()
     assert len(t4) == 24 and t4["mean"].between(0, 1).all()
+
+
+def test_protocol_and_table1_are_in_the_paper():
+    if not PAPER.is_file():
+        pytest.skip(f"paper text not found at {PAPER}")
+    text = PAPER.read_text()
+    for name, row in paper.TABLE1.items():
+        line = [ln for ln in text.splitlines() if ln.startswith(
+            {"openbhb": "OpenBHB", "adni": "ADNI", "icbm": "ICBM", "oasis3": "OASIS3"}[name])
+            and "\t" in ln][0]
+        tokens = [float(t) for t in re.findall(r"\d+(?:\.\d+)?", line)]
+        expected = [row["subjects"], row["images"], *row["age"], *row["range"]]
+        assert np.allclose(tokens[-6:], expected), (name, tokens)
+    protocol = text[text.index("*Experimental protocol.*"):][:2000]
+    for phrase in ("5-fold CV", "33.2M parameters", "10^{-4}", "factor of 0.9 every 10 epochs",
+                   "5 \\times 10^{-5}", "batch size of 32", "300 epochs",
+                   "temperature of 2.0", "0.1 for all others"):
+        assert phrase in protocol, phrase

@@ -35,11 +35,22 @@ def test_theme_is_registered_once_and_colours_are_fixed():
     assert plots.register_template() == TEMPLATE
     assert pio.templates[TEMPLATE] is template  # not rebuilt
     assert pio.templates.default != TEMPLATE      # the user's default is left alone
-    assert set(LOSS_COLORS) == {"l1", "yaware", "threshold", "exp", "rnc", "adapn"}
-    assert len(set(LOSS_COLORS.values())) == 6
+    assert set(LOSS_COLORS) == {"ridge", "l1", "yaware", "threshold", "exp", "rnc", "adapn"}
+    assert len(set(LOSS_COLORS.values())) == 7
     assert plots.loss_color("exp") == LOSS_COLORS["exp"]
     assert plots.loss_color("expw") == plots.loss_color("expw")  # stable for unknown names
     assert plots.loss_label("rnc") == "RnC" and plots.loss_label("custom") == "custom"
+
+
+def test_scaling_curves_draw_a_summary_interval():
+    summary = pd.DataFrame({"loss": ["exp", "exp", "ridge", "ridge"], "n_train": [100, 400] * 2,
+                            "mae_ext": [6.0, 4.0, 7.0, 6.5], "mae_ext_low": [5.0, 3.5, 6.0, 6.0],
+                            "mae_ext_high": [7.5, 4.2, 8.0, 7.0]})
+    fig = plots.scaling_curves(summary)
+    exp = [t for t in fig.data if t.meta["loss"] == "exp"][0]
+    np.testing.assert_allclose(exp.error_y.array, [1.5, 0.2])
+    np.testing.assert_allclose(exp.error_y.arrayminus, [1.0, 0.5])
+    assert [t.name for t in fig.data] == ["voxel ridge", "exp"]
 
 
 def test_scaling_curves_means_errors_and_fits(rng):
