@@ -1,4 +1,10 @@
-"""``brainkit sweep`` and ``brainkit results`` subcommands.
+"""``brainkit train``, ``brainkit sweep`` and ``brainkit results`` subcommands.
+
+- ``brainkit train --cohort DIR --loss exp --out RUN [--profile ci] [--epochs N]
+  [--batch-size B] [--lr LR] [--device cpu|cuda] [--seed S] [--resume]``: one run of a
+  profile (:meth:`Profile.train_config`, trained by :func:`brainkit.train.train_run`): the
+  run the book trains for the same cohort, images and seed. ``--resume`` continues the run in
+  ``RUN`` with the configuration it was started with (``--epochs`` may grow).
 
 - ``brainkit sweep --grid GRID.yaml --store DIR [--executor local|slurm] [--workers N]
   [--dry-run]``: train what the store lacks, then run the designs' evaluations
@@ -30,6 +36,60 @@ def _filters(pairs: list[str] | None) -> dict:
             parsed = value
         out[key.strip()] = parsed if isinstance(parsed, (str, int, float, bool)) else value
     return out
+
+
+def _train(args) -> int:
+    import numpy as np
+
+    from brainkit.data import Cohort
+    from brainkit.errors import InputError
+    from brainkit.train import TrainConfig, TrainingInterrupted, read_run_config, train_run
+
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    cohort = Cohort.load(args.cohort)
+    indices = np.arange(len(cohort))
+    if args.split is not None:
+        if "split" not in cohort.table:
+            raise InputError(f"--split {args.split}: the cohort in {args.cohort} has no "
+                             "'split' column")
+        indices = np.flatnonzero(cohort.table["split"].to_numpy() == args.split)
+        if indices.size == 0:
+            raise InputError(f"--split {args.split}: no rows of {args.cohort} have that split "
+                             f"(found {sorted(cohort.table['split'].unique())})")
+    saved = (read_run_config(args.out).get("train")
+             if args.resume and (args.out / "config.json").is_file() else None)
+    if saved is not None:   # continue that run: its own configuration, maybe longer
+        config = TrainConfig.from_dict(saved)
+    else:
+        ages = cohort.table["age"].to_numpy(dtype=float)[indices]
+        config = profile.train_config(args.loss, ages=ages, seed=args.seed)
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                 ("lr", args.lr), ("augmentation", args.augmentation))
+               if v is not None}
+    if saved is None and "epochs" in changes:
+        changes["warmup_epochs"] = min(config.warmup_epochs, max(changes["epochs"] - 1, 0))
+    # A resumed run with other settings, --epochs 0, a folder in use, a diverging loss:
+    # errors that brainkit.cli.main prints as one line (exit 2).
+    try:
+        config = config.replace(**changes)
+    except ValueError as err:
+        raise InputError(str(err).replace("TrainConfig.", "--").replace("_", "-")) from None
+    if saved is not None and (config.loss != args.loss or config.seed != args.seed):
+        raise InputError(f"cannot resume {args.out}: it trains loss {config.loss!r} with seed "
+                         f"{config.seed}, not --loss {args.loss} --seed {args.seed}")
+    try:
+        result = train_run(cohort, config, indices=indices, out_dir=args.out,
+                           device=args.device or profile.resolved_device(),
+                           resume=args.resume, progress=not args.no_progress)
+    except TrainingInterrupted as err:
+        print(f"brainkit train: {err}", file=sys.stderr)
+        return 128 + err.signal_number
+    summary = f"; final loss {result.metrics['loss'].iloc[-1]:.4f}" if len(result.metrics) else ""
+    print(f"trained {result.epochs_completed} epoch(s) on {len(indices)} images "
+          f"({config.loss}, profile {profile.name}){summary} -> {result.out_dir}")
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -144,7 +204,40 @@ def _results(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``sweep`` and ``results`` to the ``brainkit`` command."""
+    """Add ``train``, ``sweep`` and ``results`` to the ``brainkit`` command."""
+    from pathlib import Path
+
+    from .profiles import LOSSES
+
+    train = subparsers.add_parser(
+        "train", help="train a model on a saved cohort",
+        description="Train a contrastive model (or the L1 regression baseline) on a cohort "
+                    "saved with Cohort.save: the run of a profile that the book trains for "
+                    "the same images and seed. The run directory receives config.json, "
+                    "checkpoint.pt and metrics.parquet; SIGTERM / Ctrl-C writes a checkpoint "
+                    "and --resume continues it.")
+    train.add_argument("--cohort", required=True, type=Path, help="saved cohort directory")
+    train.add_argument("--loss", required=True, choices=LOSSES, help="loss to train with")
+    train.add_argument("--out", required=True, type=Path, help="run directory")
+    train.add_argument("--profile", default=None,
+                       help="ci, workstation or paper (default: $BRAINKIT_PROFILE or ci)")
+    train.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="override the profile's batch size (images per step)")
+    train.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    train.add_argument("--augmentation", choices=("none", "crop", "cutout", "all"),
+                       default=None, help="override the profile's augmentation")
+    train.add_argument("--split", default=None,
+                       help="train only on rows whose 'split' column has this value")
+    train.add_argument("--device", default=None,
+                       help="cpu, cuda or cuda:N (default: the profile's, CUDA when available)")
+    train.add_argument("--seed", type=int, default=0, help="model initialisation, batch order "
+                                                           "and augmentation seed (default 0)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out with the settings it was started with")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
     p = subparsers.add_parser(
         "sweep", help="run a grid of experiments (locally or on SLURM), resumable",
         description="Train every run a grid file needs that the store lacks, then run each "

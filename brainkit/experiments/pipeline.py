@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.splits import check_no_leakage, subject_kfold
-from .profiles import Profile, get_profile
+from .profiles import LOSSES, Profile, get_profile
 from .store import ResultsStore, Run, RunOutput, default_store
 
 __all__ = [
@@ -33,29 +33,18 @@ __all__ = [
     "cross_validate",
 ]
 
-#: Every loss the experiments know: the L1 regression baseline and the contrastive family.
-LOSSES = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
 #: The classical baseline, trained by :func:`train_encoder` like a loss: ridge regression of
 #: age on voxels (:class:`brainkit.eval.VoxelRidge`).
 BASELINE = "ridge"
 #: What a design compares: the baseline and every loss.
 MODELS = (BASELINE,) + LOSSES
-_KERNELISED = ("yaware", "threshold", "exp", "adapn")
 #: Principal components of the masked voxels kept as the baseline's "embedding" (site probe).
 BASELINE_COMPONENTS = 64
 
 
 def loss_kwargs(loss: str, profile: Profile) -> dict:
-    """``make_loss`` arguments a profile implies (the paper: sigma 2, tau 0.1; RnC tau 2)."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-    if loss == "adapn":  # rbf only, no kernel argument
-        return {"sigma": profile.sigma, "temperature": profile.temperature}
-    if loss in _KERNELISED:
-        return {"kernel": "rbf", "sigma": profile.sigma, "temperature": profile.temperature}
-    if loss == "rnc":
-        return {"temperature": 2.0}
-    return {}
+    """``make_loss`` arguments a profile implies (:meth:`Profile.loss_kwargs`)."""
+    return profile.loss_kwargs(loss)
 
 
 def _digest(values) -> str:
@@ -63,39 +52,22 @@ def _digest(values) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _model_config(loss: str, profile: Profile, ages: np.ndarray) -> dict:
-    if loss == "l1":
-        config = profile.model_config("regression")
-        config.pop("head_dims")
-        config.update(target_mean=round(float(ages.mean()), 4),
-                      target_scale=round(float(max(ages.std(), 1.0)), 4))
-        return config
-    return profile.model_config("contrastive")
-
-
 def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -> dict:
-    """The configuration that identifies a training run (its store key is this dict's hash)."""
+    """The store key of a training run: its :class:`~brainkit.train.TrainConfig`
+    (:meth:`Profile.train_config`, under ``"config"``) and the images it trains on.
+
+    ``loss``, ``n_train`` and ``seed`` are repeated at the top for queries
+    (:func:`~brainkit.experiments.load_results` filters, ``brainkit results``).
+    """
     if loss == BASELINE:
         return baseline_config(cohort, train_idx)
-    profile = profile.for_loss(loss)
     train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
     ages = cohort.table["age"].to_numpy()[train_idx]
+    config = profile.train_config(loss, ages=ages, seed=seed)
     return {
         "kind": "train",
         "loss": loss,
-        "loss_kwargs": loss_kwargs(loss, profile),
-        "model": _model_config(loss, profile, ages),
-        "train": {
-            "epochs": profile.epochs, "batch_size": profile.batch_size, "lr": profile.lr,
-            "weight_decay": profile.weight_decay, "lr_step": profile.lr_step,
-            "lr_gamma": profile.lr_gamma, "lr_schedule": profile.lr_schedule,
-            # a profile shortened to fewer epochs (tests, smoke) keeps at least one
-            # epoch after its warm-up
-            "warmup_epochs": min(profile.warmup_epochs, profile.epochs - 1),
-            "n_views": 1 if loss == "l1" else profile.n_views,
-            "augmentation": profile.augmentation,
-            "recalibrate_bn": profile.recalibrate_bn,
-        },
+        "config": config.to_dict(),
         "profile": profile.name,
         "cohort": cohort.content_hash,
         "train_images": _digest(cohort.table["image_id"].to_numpy()[train_idx]),
@@ -187,10 +159,7 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
         image), ``training`` (per-epoch metrics); file ``model`` (``config.json`` +
         ``checkpoint.pt``, see :func:`brainkit.train.load_model`).
     """
-    import torch
-
-    from ..models import build_model
-    from ..train import embed, fit, predict_age, recalibrate_batchnorm, save_model
+    from ..train import TrainConfig, embed, predict_age, train_run
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
@@ -200,22 +169,13 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
     if loss == BASELINE:
         return _train_baseline(cohort, train_idx, store)
     config = train_config(cohort, loss, train_idx, profile=profile, seed=seed)
+    run_config = TrainConfig.from_dict(config["config"])
     dev = device or profile.resolved_device()
 
     def compute(work_dir: Path) -> RunOutput:
-        torch.manual_seed(seed)
-        model = build_model(**config["model"])
-        train = config["train"]
-        result = fit(model, cohort, loss, out_dir=work_dir / "fit", indices=np.sort(train_idx),
-                     epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                     weight_decay=train["weight_decay"], lr_step=train["lr_step"],
-                     lr_gamma=train["lr_gamma"], lr_schedule=train["lr_schedule"],
-                     warmup_epochs=train["warmup_epochs"], n_views=train["n_views"],
-                     augmentation=train["augmentation"], loss_kwargs=config["loss_kwargs"] or None,
-                     device=dev, seed=seed, resume=True, progress=progress)
+        result = train_run(cohort, run_config, indices=train_idx, out_dir=work_dir / "fit",
+                           device=dev, resume=True, progress=progress)
         model = result.model
-        if train["recalibrate_bn"]:
-            recalibrate_batchnorm(model, cohort, np.sort(train_idx), device=dev)
         ids = cohort.table["image_id"].to_numpy()
         tables = {"training": result.metrics}
         z = embed(model, cohort, layer="encoder", device=dev)
@@ -226,8 +186,7 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
         else:
             tables["projection"] = _embedding_table(
                 ids, embed(model, cohort, layer="projection", device=dev))
-        save_model(model.cpu(), work_dir / "model", extra={"trained": config}, overwrite=True)
-        return RunOutput(tables=tables, files={"model": work_dir / "model"},
+        return RunOutput(tables=tables, files={"model": work_dir / "fit"},
                          info={"device": str(dev), "epochs_completed": result.epochs_completed})
 
     return store.get_or_compute(config, compute, hashes={"cohort": cohort.content_hash})

@@ -13,7 +13,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-__all__ = ["Profile", "PROFILES", "get_profile"]
+__all__ = ["Profile", "PROFILES", "LOSSES", "get_profile"]
+
+#: Every loss a profile can train: the L1 regression baseline and the contrastive losses of
+#: :data:`brainkit.losses.LOSS_CLASSES`.
+LOSSES = ("l1", "yaware", "threshold", "exp", "rnc", "adapn")
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,63 @@ n_views, augmentation :
         return {loss: (tuple(self.seeds) if loss in self.core_losses else tuple(self.seeds[:1]))
                 for loss in self.losses}
 
+    def loss_kwargs(self, loss: str) -> dict:
+        """``make_loss`` arguments this profile implies: the kernelised losses take ``sigma``
+        and ``temperature`` (rbf kernel); RnC its own temperature 2 (the paper); L1 none."""
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        if loss == "adapn":  # rbf only, no kernel argument
+            return {"sigma": self.sigma, "temperature": self.temperature}
+        if loss in ("yaware", "threshold", "exp"):
+            return {"kernel": "rbf", "sigma": self.sigma, "temperature": self.temperature}
+        if loss == "rnc":
+            return {"temperature": 2.0}
+        return {}
+
+    def train_config(self, loss: str, *, ages=None, seed: int = 0):
+        """The :class:`brainkit.train.TrainConfig` of one run of ``loss`` with this profile.
+
+        Parameters
+        ----------
+        loss : str
+            One of :data:`LOSSES`; :attr:`loss_settings` are applied first.
+        ages : array-like, optional
+            The training images' ages: the L1 model's output offset and scale (their mean
+            and standard deviation, rounded to 4 decimals). Needed for ``"l1"``.
+        seed : int, default 0
+
+        Returns
+        -------
+        TrainConfig
+            What ``brainkit train --profile`` and the book's runs both train. The warm-up is
+            capped at ``epochs - 1``.
+        """
+        from brainkit.train.config import TrainConfig
+
+        profile = self.for_loss(loss)
+        if loss == "l1":
+            if ages is None:
+                raise ValueError("train_config('l1') needs the training ages (the regression "
+                                 "head's offset and scale)")
+            import numpy as np
+
+            ages = np.asarray(ages, dtype=float)
+            model = profile.model_config("regression")
+            model.pop("head_dims")
+            model.update(target_mean=round(float(ages.mean()), 4),
+                         target_scale=round(float(max(ages.std(), 1.0)), 4))
+        else:
+            model = profile.model_config("contrastive")
+        return TrainConfig(
+            loss=loss, loss_kwargs=profile.loss_kwargs(loss), model=model,
+            epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+            weight_decay=profile.weight_decay, lr_schedule=profile.lr_schedule,
+            lr_step=profile.lr_step, lr_gamma=profile.lr_gamma,
+            warmup_epochs=min(profile.warmup_epochs, profile.epochs - 1),
+            n_views=1 if loss == "l1" else profile.n_views,
+            augmentation=profile.augmentation, recalibrate_bn=profile.recalibrate_bn,
+            seed=int(seed))
+
     def model_config(self, kind: str) -> dict:
         """Arguments for :func:`brainkit.models.build_model`."""
         return {"kind": kind, "depth": self.depth, "widths": tuple(self.widths),
@@ -144,14 +205,14 @@ n_views, augmentation :
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci", grid_mm=6, depth=18, widths=(8, 16, 32, 64), head_dims=(64, 32),
-        epochs=20, batch_size=16, folds=3, lr=1e-3, lr_schedule="cosine", warmup_epochs=2,
+        epochs=20, batch_size=16, folds=3, lr=2e-3, lr_schedule="cosine", warmup_epochs=2,
         augmentation="none", recalibrate_bn=True, sigma=5.0,
         cohort_sizes={"openbhb": 800, "adni": 150, "icbm": 80, "oasis3": 250},
         pool_sizes={"openbhb": 170, "adni": 85, "icbm": 60, "oasis3": 85},
         train_sizes=(170, 285), finetune_epochs=4,
         losses=("l1", "yaware", "threshold", "exp"), core_losses=("l1", "exp"),
         finetune_losses=("l1", "exp"), seeds=(0, 1, 2),
-        loss_settings={"l1": {"lr": 3e-3}}, real_grid_mm=6.0,
+        loss_settings={"l1": {"lr": 3e-3}}, real_grid_mm=4.0,
     ),
     "workstation": Profile(
         name="workstation", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),

@@ -12,7 +12,7 @@ samples stacked in any order, and ``y`` of shape (N,); it returns a scalar.
 """
 
 from brainkit.losses.adapn import NEIGHBOUR_METRICS, AdapNLoss, adapn_neighbourhood
-from brainkit.losses.factory import LOSSES, make_loss
+from brainkit.losses.factory import LOSS_CLASSES, make_loss
 from brainkit.losses.kernelized import FORMULATIONS, ExpLoss, ThresholdLoss, YAwareLoss
 from brainkit.losses.kernels import KERNELS, Kernel, cauchy, gaussian, get_kernel, rbf
 from brainkit.losses.rnc import RnCLoss
@@ -20,7 +20,7 @@ from brainkit.losses.rnc import RnCLoss
 __all__ = [
     "FORMULATIONS",
     "KERNELS",
-    "LOSSES",
+    "LOSS_CLASSES",
     "NEIGHBOUR_METRICS",
     "AdapNLoss",
     "ExpLoss",

@@ -10,16 +10,17 @@ from brainkit.losses.adapn import AdapNLoss
 from brainkit.losses.kernelized import ExpLoss, ThresholdLoss, YAwareLoss
 from brainkit.losses.rnc import RnCLoss
 
-__all__ = ["LOSSES", "make_loss"]
+__all__ = ["LOSS_CLASSES", "make_loss"]
 
-LOSSES: dict[str, type[nn.Module]] = {
+LOSS_CLASSES: dict[str, type[nn.Module]] = {
     "yaware": YAwareLoss,
     "threshold": ThresholdLoss,
     "exp": ExpLoss,
     "rnc": RnCLoss,
     "adapn": AdapNLoss,
 }
-"""Loss names and their classes."""
+"""The contrastive losses by name (what :func:`make_loss` builds; ``brainkit.experiments.LOSSES``
+adds the L1 regression baseline)."""
 
 
 def make_loss(name: str, **kwargs: Any) -> nn.Module:
@@ -28,7 +29,7 @@ def make_loss(name: str, **kwargs: Any) -> nn.Module:
     Parameters
     ----------
     name : {"yaware", "threshold", "exp", "rnc", "adapn"}
-        The loss (see :data:`LOSSES`). The L1 baseline is not a contrastive loss and is not
+        The loss (see :data:`LOSS_CLASSES`). The L1 baseline is not a contrastive loss and is not
         built here.
     **kwargs
         Passed to the class (e.g. ``kernel``, ``sigma``, ``temperature``, ``formulation``).
@@ -50,9 +51,9 @@ def make_loss(name: str, **kwargs: Any) -> nn.Module:
     >>> make_loss("exp", kernel="rbf", sigma=2.0, temperature=0.1)
     ExpLoss(kernel=rbf, sigma=2.0, temperature=0.1, formulation='reference', base_temperature=0.07)
     """
-    if not isinstance(name, str) or name not in LOSSES:
-        raise ValueError(f"name must be one of {sorted(LOSSES)}, got {name!r}")
-    cls = LOSSES[name]
+    if not isinstance(name, str) or name not in LOSS_CLASSES:
+        raise ValueError(f"name must be one of {sorted(LOSS_CLASSES)}, got {name!r}")
+    cls = LOSS_CLASSES[name]
     try:
         return cls(**kwargs)
     except TypeError as err:

@@ -1,5 +1,8 @@
 """The training engine: the paper's protocol, checkpoints, several GPUs, inference.
 
+- :class:`TrainConfig`: everything that defines a training run, one frozen value;
+  :func:`train_run`: build, train and (if asked) recalibrate one run of it, the path every
+  brainkit entry point takes.
 - :func:`fit`: train a contrastive model (any loss of :mod:`brainkit.losses`) or the L1
   regression baseline; resumable (checkpoint every epoch and on SIGTERM / SIGINT),
   bf16 / channels-last / fused Adam on CUDA, DistributedDataParallel under ``torchrun``.
@@ -9,6 +12,7 @@
 """
 
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint
+from .config import TrainConfig
 from .inference import embed, predict_age, recalibrate_batchnorm
 from .loop import (
     METRICS_NAME,
@@ -20,6 +24,7 @@ from .loop import (
     fit,
     view_seed,
 )
+from .runner import train_run
 from .runs import CONFIG_NAME, load_model, model_config, read_run_config, save_model
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "CONFIG_NAME",
     "METRICS_NAME",
     "FitResult",
+    "TrainConfig",
     "TrainingInterrupted",
     "atomic_save",
     "atomic_write",
@@ -42,5 +48,6 @@ __all__ = [
     "read_run_config",
     "recalibrate_batchnorm",
     "save_model",
+    "train_run",
     "view_seed",
 ]

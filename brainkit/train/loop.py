@@ -465,6 +465,11 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
     if saved.get("model") is not None and current.get("model") is not None \
             and saved["model"] != current["model"]:
         problems.append(f"model: saved {saved['model']!r}, now {current['model']!r}")
+    if "train" in saved and "train" in current:      # the TrainConfig, except its length
+        for key in sorted(set(saved["train"]) | set(current["train"])):
+            was, now = saved["train"].get(key), current["train"].get(key)
+            if key != "epochs" and was != now and f"training.{key}" not in " ".join(problems):
+                problems.append(f"train.{key}: saved {was!r}, now {now!r}")
     if problems:
         raise InputError(f"cannot resume {path}: the run was started with other settings: "
                          + "; ".join(problems) + " (start a new run in another folder)")
@@ -609,19 +614,58 @@ class _RunLock:
 
 
 # --------------------------------------------------------------------------- fit
-def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 300,
-        batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-5, lr_step: int = 10,
-        lr_gamma: float = 0.9, lr_schedule: str = "step", warmup_epochs: int = 0,
-        n_views: int | None = None, augmentation="crop",
-        loss_kwargs: dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
-        resume: bool = False, compile: bool = False, amp: bool | None = None,
-        channels_last: bool | None = None, cudnn_benchmark: bool | None = None,
-        fused: bool | None = None, sync_batchnorm: bool = False, drop_last: bool = False,
-        adapn_final_k: int = 4, adapn_step: int = 0, probe_every: int = 0,
-        probe_indices=None, progress: bool = True, model_config: dict | None = None,
-        handle_signals: bool = True, prefetch: bool = True,
-        data_path: str = "auto") -> FitResult:
+#: The training settings :func:`fit` takes as keyword arguments in its older form (the
+#: fields of :class:`~brainkit.train.config.TrainConfig` other than the loss and the model).
+_SETTINGS = {"epochs": 300, "batch_size": 32, "lr": 1e-4, "weight_decay": 5e-5, "lr_step": 10,
+             "lr_gamma": 0.9, "lr_schedule": "step", "warmup_epochs": 0, "n_views": None,
+             "augmentation": "crop", "loss_kwargs": None, "seed": 0, "drop_last": False,
+             "adapn_final_k": 4, "adapn_step": 0}
+
+
+def _settings_of(config, settings: dict) -> tuple[object, dict, dict | None]:
+    """(loss, settings, TrainConfig dict or None) from fit's config argument."""
+    from .config import AUGMENTATIONS, TrainConfig
+
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}")
+    if isinstance(config, TrainConfig):
+        if settings:
+            raise TypeError(f"fit(model, cohort, TrainConfig) takes every training setting "
+                            f"from the config; got {sorted(settings)} as well (use "
+                            "config.replace(...))")
+        values = {k: getattr(config, k) for k in _SETTINGS if k != "loss_kwargs"}
+        values["loss_kwargs"] = dict(config.loss_kwargs) or None
+        return config.loss, values, config.to_dict()
+    values = {**_SETTINGS, **settings}
+    record = None
+    named = isinstance(config, str) and isinstance(values["augmentation"], str) \
+        and values["augmentation"] in AUGMENTATIONS
+    if named:   # the older call, expressible as a TrainConfig: record it as one
+        try:
+            record = TrainConfig(loss=config, loss_kwargs=values["loss_kwargs"] or {},
+                                 **{k: v for k, v in values.items() if k != "loss_kwargs"}
+                                 ).to_dict()
+        except ValueError:
+            record = None   # fit's own checks below name the bad setting
+    return config, values, record
+
+
+def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
+        device: str | torch.device = "cpu", resume: bool = False, compile: bool = False,
+        amp: bool | None = None, channels_last: bool | None = None,
+        cudnn_benchmark: bool | None = None, fused: bool | None = None,
+        sync_batchnorm: bool = False, probe_every: int = 0, probe_indices=None,
+        progress: bool = True, model_config: dict | None = None, handle_signals: bool = True,
+        prefetch: bool = True, data_path: str = "auto", **settings) -> FitResult:
     """Train a model on a cohort with the paper's protocol; resumable and distributed.
+
+    ``fit(model, cohort, config, out_dir=...)`` with a :class:`brainkit.train.TrainConfig`
+    is the form every brainkit entry point uses (the book, ``brainkit train``, sweeps); the
+    older form ``fit(model, cohort, loss, out_dir=..., epochs=..., lr=...)`` takes the loss
+    (a name or a module) and the training settings as keyword arguments, with the defaults
+    below (the paper's protocol). The run's ``config.json`` records the configuration under
+    ``"train"`` (the :meth:`TrainConfig.to_dict` names) whenever it is one.
 
     Parameters
     ----------
@@ -634,8 +678,10 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
         ``cohort.images(batch)`` with a channel axis added; they are read as stored
         (``cohort.raw_batch``: the uint8 / float16 boxes of a packed cohort, see
         :func:`brainkit.data.packed.pack_cohort`) and decoded and un-cropped on ``device``.
-    loss : str or torch.nn.Module
-        A name for :func:`brainkit.losses.make_loss` (``"yaware"``, ``"threshold"``, ``"exp"``,
+    config : TrainConfig, str or torch.nn.Module
+        The run (:class:`brainkit.train.TrainConfig`: its settings replace the keyword
+        settings below, which must then not be given). Older form: the loss, a name for
+        :func:`brainkit.losses.make_loss` (``"yaware"``, ``"threshold"``, ``"exp"``,
         ``"rnc"``, ``"adapn"``; with ``loss_kwargs``), a loss module ``loss(z, y)``, or
         ``"l1"``: the regression baseline (mean absolute error on age). For an
         :class:`~brainkit.losses.AdapNLoss`, see ``adapn_final_k`` / ``adapn_step``.
@@ -771,6 +817,18 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
     >>> result.metrics[["epoch", "loss"]]  # doctest: +SKIP
     """
     # ---------------------------------------------------------------- validation
+    loss, values, train_record = _settings_of(config, settings)
+    epochs, batch_size, lr = values["epochs"], values["batch_size"], values["lr"]
+    weight_decay, lr_step, lr_gamma = values["weight_decay"], values["lr_step"], \
+        values["lr_gamma"]
+    lr_schedule, warmup_epochs, n_views = values["lr_schedule"], values["warmup_epochs"], \
+        values["n_views"]
+    augmentation, loss_kwargs, seed = values["augmentation"], values["loss_kwargs"], \
+        values["seed"]
+    drop_last, adapn_final_k, adapn_step = values["drop_last"], values["adapn_final_k"], \
+        values["adapn_step"]
+    if model_config is None and train_record is not None and train_record["model"]:
+        model_config = train_record["model"]
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not (hasattr(cohort, "images") and hasattr(cohort, "table")):
@@ -833,6 +891,11 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
             model_config = describe_model(model)
         except TypeError:
             model_config = None
+    if train_record is not None and not train_record["model"]:
+        if model_config is None:     # a model brainkit cannot describe: not a TrainConfig
+            train_record = None
+        else:
+            train_record = {**train_record, "model": model_config}
 
     info, device = setup_distributed(device)
     if info.distributed and sync_batchnorm and device.type != "cuda":
@@ -852,7 +915,7 @@ def fit(model: nn.Module, cohort, loss, *, out_dir, indices=None, epochs: int = 
                     train_idx=train_idx,
                     loss_fn=loss_fn, loss_record=loss_record, augment=augment,
                     augmentation_name=augmentation_name, probe_idx=probe_idx,
-                    model_config=model_config, info=info)
+                    model_config=model_config, train_record=train_record, info=info)
     finally:
         teardown_distributed(info)
 
@@ -872,7 +935,7 @@ def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay
            channels_last, cudnn_benchmark, fused, sync_batchnorm, drop_last, adapn_final_k,
            adapn_step, probe_every, progress, handle_signals, prefetch, data_path, train_idx,
            loss_fn, loss_record, augment, augmentation_name, probe_idx, model_config,
-           info) -> FitResult:
+           train_record, info) -> FitResult:
     """The training itself; rank 0 holds the run directory's ``lock``."""
     from tqdm.auto import tqdm
 
@@ -909,6 +972,8 @@ def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay
     }
     if probe_idx is not None:
         config["data"]["probe_indices_sha256"] = _indices_digest(probe_idx)
+    if train_record is not None:
+        config["train"] = train_record
 
     checkpoint = None
     if ckpt_path.exists():

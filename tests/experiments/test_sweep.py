@@ -18,7 +18,7 @@ import pytest
 from brainkit.cli import main
 from brainkit.data import make_cohort
 from brainkit.data.splits import subject_kfold
-from brainkit.experiments import ResultsStore, config_key, pretraining_split
+from brainkit.experiments import ResultsStore, config_key, get_profile, pretraining_split
 from brainkit.experiments.designs import nested_subsets
 from brainkit.experiments.pipeline import train_config
 from brainkit.experiments.sweep import (
@@ -121,7 +121,8 @@ def test_grid_values_profile_and_cohort_path(tmp_path, monkeypatch):
         slurm: {{partition: gpu, timeout_min: 30, setup: ["module load cuda"]}}
     """))
     assert grid.profile.widths == (4, 8, 16, 32) and grid.profile.epochs == 1
-    assert grid.profile.name == "ci" and grid.profile.lr == 1e-3, "other settings are the profile's"
+    assert grid.profile.name == "ci" and grid.profile.lr == get_profile("ci").lr, \
+        "other settings are the profile's"
     assert grid.cohort_spec.synthetic == dict(grid.profile.cohort_sizes)
     assert grid.cohort_spec.grid_mm == 6
     assert grid.slurm == {"partition": "gpu", "timeout_min": 30, "setup": ["module load cuda"]}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from naive_losses import naive_kernelised
 
 from brainkit.losses import (
-    LOSSES,
+    LOSS_CLASSES,
     AdapNLoss,
     ExpLoss,
     RnCLoss,
@@ -256,8 +256,8 @@ def test_large_batch_threshold_runs():
 
 
 def test_make_loss():
-    assert set(LOSSES) == {"yaware", "threshold", "exp", "rnc", "adapn"}
-    for name, cls in LOSSES.items():
+    assert set(LOSS_CLASSES) == {"yaware", "threshold", "exp", "rnc", "adapn"}
+    for name, cls in LOSS_CLASSES.items():
         assert type(make_loss(name)) is cls
     fn = make_loss("threshold", kernel="cauchy", sigma=2.0, temperature=0.2, count_reduction="mean")
     assert (fn.kernel, fn.sigma, fn.temperature, fn.count_reduction) == ("cauchy", 2.0, 0.2, "mean")

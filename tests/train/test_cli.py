@@ -25,8 +25,9 @@ def test_train_resume_and_embed(saved_synthetic, tmp_path, capsys):
     ci = get_profile("ci")
     assert config["model"]["widths"] == list(ci.widths)
     assert config["model"]["head_dims"] == list(ci.head_dims)
-    assert config["loss"]["kwargs"] == {"sigma": ci.sigma, "temperature": ci.temperature}
-    assert config["training"]["lr"] == ci.lr and config["training"]["batch_size"] == 8
+    assert config["train"]["loss_kwargs"] == ci.loss_kwargs("exp")
+    assert config["train"]["lr"] == ci.lr and config["train"]["batch_size"] == 8
+    assert config["train"]["recalibrate_bn"] is True and config["batchnorm_recalibrated"]
 
     assert main(args) == 2  # refuses to overwrite a run
     assert "--resume" in capsys.readouterr().err
