@@ -1,5 +1,8 @@
 """A compact volume store, and the data paths that feed a training step from it.
 
+The store itself (:class:`PackedStore`) is one of the image sources of
+:mod:`brainkit.data.sources`, re-exported here.
+
 A float32 volume on the 1.5 mm OpenBHB grid (121 x 145 x 121) is 8.5 MB; the 10,590 images of
 the paper are 90 GB, more than a host page cache or a GPU holds, and a CPU loader that reads
 and converts them falls behind a bf16 training step. A *packed* cohort keeps the same table and
@@ -71,15 +74,26 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._util import FolderLock
-from .cohort import Cohort, CohortError, _atomic_write
+from .cohort import Cohort
+from .sources import (
+    PACKED_DTYPES,
+    PACKED_NAME,
+    SOURCES,
+    ArraySource,
+    Box,
+    CohortError,
+    PackedStore,
+    RawBatch,
+    _atomic_write,
+    _blocks,
+    _crop,
+)
 
 __all__ = [
     "DATA_PATHS",
@@ -97,20 +111,10 @@ __all__ = [
     "resident_nbytes",
 ]
 
-#: Storage types of a packed cohort.
-PACKED_DTYPES: tuple[str, ...] = ("uint8", "float16")
-
 #: Names accepted by :func:`open_batches` and ``brainkit.train.fit(data_path=...)``.
 DATA_PATHS: tuple[str, ...] = ("auto", "memmap", "resident")
 
-#: File name of the packed image array inside a cohort directory.
-PACKED_NAME = "packed.npy"
-
-_CHUNK_BYTES = 64 << 20
-_TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,28 +136,6 @@ def _check_margin(margin) -> int:
     return int(margin)
 
 
-def _check_box(box, grid_shape, source: str) -> Box:
-    try:
-        pairs = tuple((int(a), int(b)) for a, b in box)
-    except (TypeError, ValueError):
-        raise CohortError(f"{source}: box must be 3 (start, stop) pairs, got {box!r}") from None
-    if len(pairs) != 3 or any(not 0 <= a < b <= n for (a, b), n in zip(pairs, grid_shape)):
-        raise CohortError(f"{source}: box {box!r} is not 3 (start, stop) pairs with "
-                          f"0 <= start < stop <= axis length inside the grid {tuple(grid_shape)}")
-    return pairs  # type: ignore[return-value]
-
-
-def _rows(n: int, row_bytes: int, chunk_bytes: int = _CHUNK_BYTES):
-    """``(start, stop)`` blocks of rows of about ``chunk_bytes`` each."""
-    step = max(1, chunk_bytes // max(1, row_bytes))
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
-
-
-def _crop(box: Box) -> tuple[slice, ...]:
-    return (slice(None),) + tuple(slice(a, b) for a, b in box)
-
-
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
@@ -171,7 +153,7 @@ def _scan(cohort: Cohort, progress: bool = False) -> tuple[np.ndarray, float, fl
     lo, hi = math.inf, -math.inf
     n = len(cohort)
     with _progress(n, progress, "scan") as bar:
-        for start, stop in _rows(n, 4 * int(np.prod(grid))):
+        for start, stop in _blocks(n, 4 * int(np.prod(grid))):
             block = cohort.images(np.arange(start, stop))
             finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
             if not finite.all():
@@ -224,7 +206,7 @@ def bounding_box(images: np.ndarray, *, margin: int = 2) -> Box:
                          f"{getattr(images, 'shape', type(images).__name__)}")
     margin = _check_margin(margin)
     mask = np.zeros(images.shape[1:], dtype=bool)
-    for start, stop in _rows(len(images), images[0].nbytes if len(images) else 1):
+    for start, stop in _blocks(len(images), images[0].nbytes if len(images) else 1):
         mask |= (np.asarray(images[start:stop]) != 0).any(axis=0)
     return _box_of_mask(mask, margin)
 
@@ -271,6 +253,116 @@ def quantisation(value_range) -> tuple[float, float]:
     k = math.ceil(-lo / float(scale))
     offset = -(np.float32(k) * scale)
     return float(scale), float(offset)
+
+
+# --------------------------------------------------------------------------- packing
+def pack_cohort(cohort: Cohort, out: str | os.PathLike, dtype: str = "uint8", *,
+                margin: int = 2, value_range=None, overwrite: bool = False,
+                progress: bool = False) -> Cohort:
+    """Write a packed copy of a cohort (cropped, uint8 or float16, memory-mappable).
+
+    Parameters
+    ----------
+    cohort : brainkit.data.Cohort
+        A cohort with images (float, or itself packed).
+    out : path-like
+        New cohort directory: ``table.parquet``, ``packed.npy`` (n, x, y, z) and
+        ``cohort.json`` (with a ``"packed"`` entry: dtype, box, scale, offset, value range,
+        margin).
+    dtype : {"uint8", "float16"}, default "uint8"
+        See the module docstring for the quantisation and its error bound.
+    margin : int, default 2
+        Voxels added around the union bounding box of the non-zero voxels.
+    value_range : (float, float), optional
+        uint8 only: the range the codes cover (``lo <= 0 <= hi``); values outside are
+        clipped. Default: ``[min(0, min x), max(0, max x)]`` over the cohort (no clipping).
+    overwrite : bool, default False
+        Replace a cohort already in ``out`` (its ``images.npy`` is removed). Never the
+        cohort being packed.
+    progress : bool, default False
+        Show progress bars (two passes: scan, then write).
+
+    Returns
+    -------
+    brainkit.data.Cohort
+        ``Cohort.load(out)``: same table and affine; ``images()`` are float32 full-grid
+        volumes within :attr:`PackedStore.max_error` of the originals.
+
+    Raises
+    ------
+    ValueError
+        Bad ``dtype`` / ``margin`` / ``value_range``; float16 overflow (rows named).
+    CohortError
+        A table-only cohort, or NaN / inf in an image (rows named).
+    FileExistsError
+        ``out`` already holds a cohort and ``overwrite`` is False.
+    """
+    if not isinstance(cohort, Cohort):
+        raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
+    dtype = _check_dtype(dtype)
+    margin = _check_margin(margin)
+    if value_range is not None and dtype != "uint8":
+        raise ValueError(f"value_range applies to dtype='uint8' only, got dtype={dtype!r}")
+    if value_range is not None:
+        quantisation(value_range)  # validate before the long scan
+    if not cohort.has_images:
+        raise CohortError("cannot pack a table-only cohort (it has no images)")
+    out = Path(out)
+    own = cohort.source.filename  # the memory-mapped file the images are read from, if any
+    source_files = set() if own is None else {os.path.realpath(own)}
+    if (out / "cohort.json").exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a cohort; choose another --out or pass "
+                                  "overwrite=True (CLI: --overwrite)")
+        targets = {os.path.realpath(out / cls.file_name) for cls in SOURCES.values()}
+        if source_files & targets:
+            raise ValueError(f"{out} is the directory of the cohort being packed; write the "
+                             "packed copy elsewhere")
+
+    mask, lo, hi = _scan(cohort, progress)
+    box = _box_of_mask(mask, margin)
+    if dtype == "uint8":
+        value_range = (min(0.0, lo), max(0.0, hi)) if value_range is None \
+            else tuple(float(v) for v in value_range)
+        scale, offset = quantisation(value_range)
+    else:
+        if max(abs(lo), abs(hi)) > _FLOAT16_MAX:
+            raise ValueError(f"values reach {max(abs(lo), abs(hi)):g}, beyond float16's "
+                             f"{_FLOAT16_MAX:g}; use dtype='uint8'")
+        scale, offset, value_range = 1.0, 0.0, None
+    crop = _crop(box)
+    shape = (len(cohort),) + tuple(b - a for a, b in box)
+    # locked while writing: a second pack into the same folder refuses, naming this pid
+    lock = FolderLock(out, what="data pack", remove=True).acquire()
+    try:
+        def write(tmp):
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            with _progress(len(cohort), progress, "pack") as bar:
+                for start, stop in _blocks(len(cohort), 4 * int(np.prod(cohort.grid_shape))):
+                    block = cohort.images(np.arange(start, stop))[crop]
+                    if dtype == "uint8":
+                        block -= np.float32(offset)
+                        block /= np.float32(scale)
+                        np.rint(block, out=block)
+                        np.clip(block, 0, 255, out=block)
+                    arr[start:stop] = block.astype(dtype)
+                    bar.update(stop - start)
+            arr.flush()
+            del arr
+
+        _atomic_write(out / PACKED_NAME, write)
+        data = np.load(out / PACKED_NAME, mmap_mode="r")
+        packed = Cohort(cohort.table, PackedStore(data, grid_shape=cohort.grid_shape, box=box,
+                                                  scale=scale, offset=offset,
+                                                  value_range=value_range, margin=margin),
+                        cohort.affine, _validated=True)
+        packed.save(out)
+        stale = out / ArraySource.file_name
+        if stale.exists():
+            stale.unlink()
+    finally:
+        lock.release()
+    return Cohort.load(out)
 
 
 # --------------------------------------------------------------------------- decode
@@ -343,418 +435,29 @@ def decode_batch(raw: torch.Tensor, *, scale: float, offset: float, box,
     return out
 
 
-@dataclass(frozen=True)
-class RawBatch:
-    """A batch as stored, with what it takes to decode it (:meth:`Cohort.raw_batch`).
-
-    Attributes
-    ----------
-    data : numpy.ndarray of shape (n, x, y, z)
-        ``uint8`` / ``float16`` box values of a packed cohort; float32 full-grid images of an
-        ordinary cohort.
-    scale, offset : float
-        Dequantisation ``float32(data) * scale + offset``.
-    box : 3 (start, stop) pairs
-        Where ``data`` lies in the grid.
-    grid_shape : 3 int
-        The full grid ``(X, Y, Z)``.
-    """
-
-    data: np.ndarray
-    scale: float
-    offset: float
-    box: Box
-    grid_shape: tuple[int, int, int]
-
-    def decode(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """float32 full-grid volumes of shape (n, 1, X, Y, Z) on ``device``."""
-        raw = torch.from_numpy(self.data).to(device)
-        return decode_batch(raw, scale=self.scale, offset=self.offset, box=self.box,
-                            grid_shape=self.grid_shape)
-
-
-# --------------------------------------------------------------------------- the store
-class PackedStore:
-    """Packed images of a cohort: a cropped, quantised array and its decoding.
-
-    A :class:`~brainkit.data.Cohort` built on a store (``Cohort(table, store, affine)``, or
-    ``Cohort.load`` of a packed directory) reads float32 full-grid images through
-    :meth:`read`; the training loop reads :meth:`raw` bytes and decodes them on its device.
-
-    Parameters
-    ----------
-    data : numpy.ndarray of shape (n, x, y, z), uint8 or float16
-        The box of every image (a memory map is kept as is).
-    grid_shape : 3 int
-        The full grid ``(X, Y, Z)``.
-    box : 3 (start, stop) pairs
-        Where the box lies; its sizes must equal ``data.shape[1:]``.
-    scale, offset : float, default 1.0, 0.0
-        Dequantisation (float16 stores need 1 and 0).
-    value_range : (float, float), optional
-        The range the uint8 code covers (recorded, not used to decode).
-    margin : int, optional
-        The margin the box was grown by (recorded).
-    """
-
-    def __init__(self, data: np.ndarray, *, grid_shape, box, scale: float = 1.0,
-                 offset: float = 0.0, value_range=None, margin: int | None = None):
-        source = "packed store"
-        if not isinstance(data, np.ndarray) or data.ndim != 4:
-            raise CohortError(f"{source}: data must be a numpy array of shape (n, x, y, z), got "
-                              f"{getattr(data, 'shape', type(data).__name__)}")
-        dtype = data.dtype.name
-        if dtype not in PACKED_DTYPES:
-            raise CohortError(f"{source}: data dtype must be one of {PACKED_DTYPES}, got {dtype}")
-        try:
-            grid = tuple(int(n) for n in grid_shape)
-        except (TypeError, ValueError):
-            raise CohortError(f"{source}: grid_shape must be 3 integers, got "
-                              f"{grid_shape!r}") from None
-        if len(grid) != 3 or min(grid) < 1:
-            raise CohortError(f"{source}: grid_shape must be 3 positive integers, got {grid_shape!r}")
-        box = _check_box(box, grid, source)
-        sizes = tuple(b - a for a, b in box)
-        if tuple(data.shape[1:]) != sizes:
-            raise CohortError(f"{source}: data holds boxes of shape {tuple(data.shape[1:])} but "
-                              f"the box {box} has shape {sizes}")
-        scale, offset = float(scale), float(offset)
-        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
-            raise CohortError(f"{source}: scale must be finite and > 0 and offset finite, got "
-                              f"scale={scale!r}, offset={offset!r}")
-        if dtype == "float16" and (scale != 1.0 or offset != 0.0):
-            raise CohortError(f"{source}: a float16 store has scale 1 and offset 0, got "
-                              f"scale={scale!r}, offset={offset!r}")
-        self._data = data
-        self._grid = grid
-        self._box = box
-        self._scale, self._offset = scale, offset
-        self._value_range = None if value_range is None else tuple(float(v) for v in value_range)
-        self._margin = None if margin is None else int(margin)
-
-    # ------------------------------------------------------------------ description
-    @property
-    def data(self) -> np.ndarray:
-        """The packed array, shape (n, x, y, z)."""
-        return self._data
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The storage type (uint8 or float16); :meth:`read` returns float32."""
-        return self._data.dtype
-
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return self._grid  # type: ignore[return-value]
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape of the decoded images ``(n, X, Y, Z)`` (the full grid)."""
-        return (len(self._data),) + self._grid  # type: ignore[return-value]
-
-    @property
-    def box(self) -> Box:
-        return self._box
-
-    @property
-    def scale(self) -> float:
-        return self._scale
-
-    @property
-    def offset(self) -> float:
-        return self._offset
-
-    @property
-    def max_error(self) -> float:
-        """Largest ``|decoded - original|`` for values inside the range: ``scale / 2`` for
-        uint8 (up to float32 rounding); 0 for float16, which is exact for float16-representable
-        values (others are rounded to the nearest float16, a relative error <= 2**-11)."""
-        return self._scale / 2 if self._data.dtype == np.uint8 else 0.0
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the packed array."""
-        return int(self._data.nbytes)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        box = "x".join(f"{a}:{b}" for a, b in self._box)
-        return (f"PackedStore({len(self)} images, {self._data.dtype.name}, box {box} of grid "
-                f"{'x'.join(map(str, self._grid))}, {self.nbytes / 2**20:.1f} MiB)")
-
-    def descriptor(self) -> dict:
-        """What ``cohort.json`` records under ``"packed"`` (plain JSON types)."""
-        return {
-            "dtype": self._data.dtype.name,
-            "box": [list(pair) for pair in self._box],
-            "scale": self._scale,
-            "offset": self._offset,
-            "value_range": None if self._value_range is None else list(self._value_range),
-            "margin": self._margin,
-        }
-
-    # ------------------------------------------------------------------ reading
-    def raw(self, indices) -> np.ndarray:
-        """The stored boxes of ``indices``, shape (n, x, y, z), uint8 / float16 (a copy).
-
-        Reads run in increasing position order (fast on a memory map); rows come back in the
-        requested order.
-        """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((len(idx),) + self._data.shape[1:], dtype=self._data.dtype)
-        out[order] = self._data[idx[order]]
-        return out
-
-    def raw_batch(self, indices) -> RawBatch:
-        """:meth:`raw` with its decoding (:class:`RawBatch`)."""
-        return RawBatch(self.raw(indices), self._scale, self._offset, self._box, self._grid)
-
-    def read(self, indices) -> np.ndarray:
-        """Decoded float32 images of shape (n, X, Y, Z), zero outside the box.
-
-        Decoding is :func:`decode_batch` on CPU tensors: the values equal what the training
-        loop decodes on its device.
-        """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        out = np.empty((len(idx),) + self._grid, dtype=np.float32)
-        target = torch.from_numpy(out)
-        for start, stop in _rows(len(idx), 4 * int(np.prod(self._grid))):
-            raw = torch.from_numpy(self.raw(idx[start:stop]))
-            target[start:stop] = decode_batch(raw, scale=self._scale, offset=self._offset,
-                                              box=self._box, grid_shape=self._grid)[:, 0]
-        return out
-
-    def take(self, indices) -> PackedStore:
-        """A store of the given rows, in that order, held in memory."""
-        return PackedStore(self.raw(indices), grid_shape=self._grid, box=self._box,
-                           scale=self._scale, offset=self._offset,
-                           value_range=self._value_range, margin=self._margin)
-
-    def update_hash(self, h) -> None:
-        """Feed the descriptor and the packed bytes to a hashlib object (content hash)."""
-        import json
-
-        h.update(json.dumps({"packed": self.descriptor(), "grid": list(self._grid),
-                             "n": len(self)}, sort_keys=True).encode())
-        row = int(np.prod(self._data.shape[1:])) * self._data.itemsize
-        for start, stop in _rows(len(self), row):
-            h.update(np.ascontiguousarray(self._data[start:stop]).tobytes())
-
-    # ------------------------------------------------------------------ files
-    def _file(self) -> str | None:
-        name = getattr(self._data, "filename", None)
-        return None if name is None else os.fspath(name)
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/packed.npy`` (atomically; skipped if it is this store's own file).
-
-        Returns
-        -------
-        pathlib.Path
-            The file written.
-        """
-        path = Path(directory) / PACKED_NAME
-        own = self._file()
-        if own is not None and path.exists() and os.path.samefile(own, path):
-            return path
-
-        def write(tmp):
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=self._data.dtype,
-                                            shape=self._data.shape)
-            row = int(np.prod(self._data.shape[1:])) * self._data.itemsize
-            for start, stop in _rows(len(self), row):
-                arr[start:stop] = self._data[start:stop]
-            arr.flush()
-            del arr
-
-        _atomic_write(path, write)
-        return path
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, descriptor: dict, *, n_images: int,
-             grid_shape, mmap: bool = True) -> PackedStore:
-        """Open ``directory/packed.npy`` as described by ``cohort.json``'s ``"packed"`` entry.
-
-        Raises
-        ------
-        FileNotFoundError
-            If ``packed.npy`` is missing.
-        CohortError
-            If the descriptor is malformed or the file is unreadable, truncated, or of another
-            shape or dtype than the descriptor says.
-        """
-        d = Path(directory)
-        meta = d / "cohort.json"
-        if not isinstance(descriptor, dict):
-            raise CohortError(f"{meta}: 'packed' must be an object, got {descriptor!r}")
-        dtype = descriptor.get("dtype")
-        if dtype not in PACKED_DTYPES:
-            raise CohortError(f"{meta}: packed dtype must be one of {PACKED_DTYPES}, got "
-                              f"{dtype!r}")
-        box = _check_box(descriptor.get("box") or (), grid_shape, str(meta))
-        path = d / PACKED_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (cohort.json says the cohort is packed)")
-        try:
-            data = np.load(path, mmap_mode="r" if mmap else None)
-        except (ValueError, OSError, EOFError) as err:
-            raise CohortError(f"{path}: unreadable packed store ({err})") from None
-        expected = (int(n_images),) + tuple(b - a for a, b in box)
-        if data.dtype.name != dtype or tuple(data.shape) != expected:
-            raise CohortError(f"{path}: {data.dtype.name} array of shape {tuple(data.shape)}, "
-                              f"expected {dtype} {expected} from cohort.json (truncated or "
-                              "replaced file?)")
-        try:
-            return cls(data, grid_shape=grid_shape, box=box,
-                       scale=descriptor.get("scale", 1.0), offset=descriptor.get("offset", 0.0),
-                       value_range=descriptor.get("value_range"),
-                       margin=descriptor.get("margin"))
-        except (CohortError, TypeError, ValueError) as err:
-            raise CohortError(f"{meta}: {err}") from None
-
-
-# --------------------------------------------------------------------------- packing
-def pack_cohort(cohort: Cohort, out: str | os.PathLike, dtype: str = "uint8", *,
-                margin: int = 2, value_range=None, overwrite: bool = False,
-                progress: bool = False) -> Cohort:
-    """Write a packed copy of a cohort (cropped, uint8 or float16, memory-mappable).
-
-    Parameters
-    ----------
-    cohort : brainkit.data.Cohort
-        A cohort with images (float, or itself packed).
-    out : path-like
-        New cohort directory: ``table.parquet``, ``packed.npy`` (n, x, y, z) and
-        ``cohort.json`` (with a ``"packed"`` entry: dtype, box, scale, offset, value range,
-        margin).
-    dtype : {"uint8", "float16"}, default "uint8"
-        See the module docstring for the quantisation and its error bound.
-    margin : int, default 2
-        Voxels added around the union bounding box of the non-zero voxels.
-    value_range : (float, float), optional
-        uint8 only: the range the codes cover (``lo <= 0 <= hi``); values outside are
-        clipped. Default: ``[min(0, min x), max(0, max x)]`` over the cohort (no clipping).
-    overwrite : bool, default False
-        Replace a cohort already in ``out`` (its ``images.npy`` is removed). Never the
-        cohort being packed.
-    progress : bool, default False
-        Show progress bars (two passes: scan, then write).
-
-    Returns
-    -------
-    brainkit.data.Cohort
-        ``Cohort.load(out)``: same table and affine; ``images()`` are float32 full-grid
-        volumes within :attr:`PackedStore.max_error` of the originals.
-
-    Raises
-    ------
-    ValueError
-        Bad ``dtype`` / ``margin`` / ``value_range``; float16 overflow (rows named).
-    CohortError
-        A table-only cohort, or NaN / inf in an image (rows named).
-    FileExistsError
-        ``out`` already holds a cohort and ``overwrite`` is False.
-    """
-    if not isinstance(cohort, Cohort):
-        raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
-    dtype = _check_dtype(dtype)
-    margin = _check_margin(margin)
-    if value_range is not None and dtype != "uint8":
-        raise ValueError(f"value_range applies to dtype='uint8' only, got dtype={dtype!r}")
-    if value_range is not None:
-        quantisation(value_range)  # validate before the long scan
-    if not cohort.has_images:
-        raise CohortError("cannot pack a table-only cohort (it has no images)")
-    out = Path(out)
-    source_files = set()
-    store = cohort.packed_store
-    for arr in (store.data if store is not None else None, getattr(cohort, "_images", None)):
-        name = getattr(arr, "filename", None)
-        if name is not None:
-            source_files.add(os.path.realpath(name))
-    if (out / "cohort.json").exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a cohort; choose another --out or pass "
-                                  "overwrite=True (CLI: --overwrite)")
-        targets = {os.path.realpath(out / name) for name in ("images.npy", PACKED_NAME)}
-        if source_files & targets:
-            raise ValueError(f"{out} is the directory of the cohort being packed; write the "
-                             "packed copy elsewhere")
-
-    mask, lo, hi = _scan(cohort, progress)
-    box = _box_of_mask(mask, margin)
-    if dtype == "uint8":
-        value_range = (min(0.0, lo), max(0.0, hi)) if value_range is None \
-            else tuple(float(v) for v in value_range)
-        scale, offset = quantisation(value_range)
-    else:
-        if max(abs(lo), abs(hi)) > _FLOAT16_MAX:
-            raise ValueError(f"values reach {max(abs(lo), abs(hi)):g}, beyond float16's "
-                             f"{_FLOAT16_MAX:g}; use dtype='uint8'")
-        scale, offset, value_range = 1.0, 0.0, None
-    crop = _crop(box)
-    shape = (len(cohort),) + tuple(b - a for a, b in box)
-    # locked while writing: a second pack into the same folder refuses, naming this pid
-    lock = FolderLock(out, what="data pack", remove=True).acquire()
-    try:
-        def write(tmp):
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
-            with _progress(len(cohort), progress, "pack") as bar:
-                for start, stop in _rows(len(cohort), 4 * int(np.prod(cohort.grid_shape))):
-                    block = cohort.images(np.arange(start, stop))[crop]
-                    if dtype == "uint8":
-                        block -= np.float32(offset)
-                        block /= np.float32(scale)
-                        np.rint(block, out=block)
-                        np.clip(block, 0, 255, out=block)
-                    arr[start:stop] = block.astype(dtype)
-                    bar.update(stop - start)
-            arr.flush()
-            del arr
-
-        _atomic_write(out / PACKED_NAME, write)
-        data = np.load(out / PACKED_NAME, mmap_mode="r")
-        packed = Cohort(cohort.table, PackedStore(data, grid_shape=cohort.grid_shape, box=box,
-                                                  scale=scale, offset=offset,
-                                                  value_range=value_range, margin=margin),
-                        cohort.affine, _validated=True)
-        packed.save(out)
-        stale = out / "images.npy"
-        if stale.exists():
-            stale.unlink()
-    finally:
-        lock.release()
-    return Cohort.load(out)
-
-
 # --------------------------------------------------------------------------- data paths
-def _layout(cohort) -> dict:
-    """Decoding arguments of a cohort's batches (identity for a float cohort)."""
-    store = getattr(cohort, "packed_store", None)
-    if store is not None:
-        return {"scale": store.scale, "offset": store.offset, "box": store.box,
-                "grid_shape": store.grid_shape}
-    grid = tuple(int(n) for n in cohort.grid_shape)
-    return {"scale": 1.0, "offset": 0.0, "box": tuple((0, n) for n in grid), "grid_shape": grid}
-
-
 def _check_source_cohort(cohort) -> None:
-    if not (hasattr(cohort, "images") and hasattr(cohort, "table")):
+    if not all(hasattr(cohort, name) for name in ("images", "raw_batch", "table")):
         raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
     if getattr(cohort, "grid_shape", None) is None:
         raise ValueError("cohort has no images (table-only)")
 
 
+def _stored(cohort) -> tuple[dict, np.dtype, tuple[int, ...]]:
+    """How a cohort's batches are stored: the decoding arguments of :func:`decode_batch`,
+    the stored dtype and the shape of one stored image, read from an empty raw batch (which
+    carries them, for any image source)."""
+    empty = cohort.raw_batch(np.empty(0, dtype=np.int64))
+    layout = {"scale": empty.scale, "offset": empty.offset, "box": tuple(empty.box),
+              "grid_shape": tuple(int(n) for n in empty.grid_shape)}
+    return layout, empty.data.dtype, tuple(int(n) for n in empty.data.shape[1:])
+
+
 def resident_nbytes(cohort) -> int:
     """Device bytes a resident copy of the cohort's images takes (packed bytes, or float32)."""
     _check_source_cohort(cohort)
-    store = getattr(cohort, "packed_store", None)
-    if store is not None:
-        return store.nbytes
-    return 4 * len(cohort) * int(np.prod(cohort.grid_shape))
+    _, dtype, row = _stored(cohort)
+    return len(cohort) * int(np.prod(row)) * dtype.itemsize
 
 
 class HostBatches:
@@ -783,8 +486,7 @@ class HostBatches:
         cuda = self.device.type == "cuda"
         self.pin_memory = (cuda and torch.cuda.is_available()) if pin_memory is None \
             else bool(pin_memory)
-        self._layout = _layout(cohort)
-        self._raw = getattr(cohort, "raw_batch", None)
+        self._layout, _, _ = _stored(cohort)
 
     @property
     def nbytes(self) -> int:
@@ -794,8 +496,7 @@ class HostBatches:
     def fetch(self, indices) -> torch.Tensor:
         """Host tensor of the stored values of ``indices``, shape (n, x, y, z)."""
         idx = np.ascontiguousarray(indices, dtype=np.int64)
-        data = self._raw(idx).data if self._raw is not None else self.cohort.images(idx)
-        t = torch.from_numpy(data)
+        t = torch.from_numpy(self.cohort.raw_batch(idx).data)
         return t.pin_memory() if self.pin_memory else t
 
     def to_device(self, fetched: torch.Tensor) -> torch.Tensor:
@@ -830,24 +531,15 @@ class ResidentBatches:
         _check_source_cohort(cohort)
         self.cohort = cohort
         self.device = torch.device(device)
-        self._layout = _layout(cohort)
+        self._layout, dtype, row = _stored(cohort)
         self._pin = self.device.type == "cuda" and torch.cuda.is_available()
-        store = getattr(cohort, "packed_store", None)
         n = len(cohort)
-        if store is not None:
-            shape, dtype = store.data.shape, _TORCH_DTYPES[store.dtype.name]
-
-            def rows(start, stop):
-                return np.array(store.data[start:stop])
-        else:
-            shape, dtype = (n,) + tuple(self._layout["grid_shape"]), torch.float32
-
-            def rows(start, stop):
-                return cohort.images(np.arange(start, stop))
-        self.data = torch.empty(shape, dtype=dtype, device=self.device)
-        row = int(np.prod(shape[1:])) * self.data.element_size()
-        for start, stop in _rows(n, row):
-            self.data[start:stop].copy_(torch.from_numpy(rows(start, stop)))
+        torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+        self.data = torch.empty((n,) + row, dtype=torch_dtype, device=self.device)
+        row_bytes = int(np.prod(row)) * self.data.element_size()
+        for start, stop in _blocks(n, row_bytes):
+            block = cohort.raw_batch(np.arange(start, stop)).data
+            self.data[start:stop].copy_(torch.from_numpy(block))
 
     @property
     def nbytes(self) -> int:
