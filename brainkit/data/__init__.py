@@ -1,8 +1,8 @@
 """Cohorts, images, splits and the synthetic default.
 
-The public API is re-exported here; see :mod:`brainkit.data.cohort` for the data model and
+The public API is re-exported here; see :mod:`brainkit.data.cohort` for the data model,
 :mod:`brainkit.data.sources` for where a cohort's images live (float arrays or a packed
-store).
+store), :mod:`brainkit.data.loaders` for the device loaders that feed training.
 """
 
 from .augment import (

@@ -488,7 +488,7 @@ class Cohort:
         brainkit.data.sources.RawBatch
             ``data`` of shape (n, x, y, z): the uint8 / float16 boxes of a packed cohort
             (``scale``, ``offset``, ``box`` and ``grid_shape`` say how to decode and un-crop
-            them, :func:`brainkit.data.packed.decode_batch`); for an ordinary cohort the
+            them, :func:`brainkit.data.loaders.decode_batch`); for an ordinary cohort the
             float32 full-grid images with ``scale=1``, ``offset=0`` and the whole grid as box.
         """
         source = self._images_source()

@@ -17,8 +17,8 @@ concatenation (:meth:`ImageSource.concatenate`). :data:`SOURCES` maps the ``"sto
 entry of ``cohort.json`` to the class that loads it (no entry: ``"array"``).
 
 What does not live here: the table, the sidecar's common fields and its checks
-(:mod:`brainkit.data.cohort`); packing a cohort, the device loaders and the torch decode
-(:mod:`brainkit.data.packed`). This module needs numpy only
+(:mod:`brainkit.data.cohort`); packing a cohort (:mod:`brainkit.data.packed`); the device
+loaders and the torch decode (:mod:`brainkit.data.loaders`). This module needs numpy only
 (:meth:`RawBatch.decode` alone imports torch, when called).
 """
 
@@ -133,10 +133,10 @@ class RawBatch:
 
     def decode(self, device="cpu"):
         """float32 full-grid volumes of shape (n, 1, X, Y, Z) on ``device`` (a torch tensor,
-        decoded there by :func:`brainkit.data.packed.decode_batch`)."""
+        decoded there by :func:`brainkit.data.loaders.decode_batch`)."""
         import torch
 
-        from .packed import decode_batch  # torch is needed here only
+        from .loaders import decode_batch  # torch is needed here only
 
         raw = torch.from_numpy(self.data).to(device)
         return decode_batch(raw, scale=self.scale, offset=self.offset, box=self.box,
@@ -206,7 +206,7 @@ class ImageSource(abc.ABC):
     @abc.abstractmethod
     def raw_batch(self, positions: np.ndarray) -> RawBatch:
         """The stored values at ``positions`` and how to decode them (the device loaders'
-        input, :mod:`brainkit.data.packed`)."""
+        input, :mod:`brainkit.data.loaders`)."""
 
     @abc.abstractmethod
     def take(self, positions: np.ndarray) -> ImageSource:
@@ -594,7 +594,7 @@ class PackedStore(ImageSource):
         """Decoded float32 images of shape (n, X, Y, Z), zero outside the box.
 
         ``float32(code) * float32(scale) + float32(offset)`` inside the box, in float32: the
-        operations of :func:`brainkit.data.packed.decode_batch`, so the values are
+        operations of :func:`brainkit.data.loaders.decode_batch`, so the values are
         bit-identical to what the training loop decodes on its device.
         """
         idx = np.asarray(positions, dtype=np.int64).reshape(-1)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from brainkit.data import ArraySource, Cohort, CohortError, ImageSource, PackedStore, concat
-from brainkit.data.packed import HostBatches, ResidentBatches, decode_batch, pack_cohort, \
-    resident_nbytes
+from brainkit.data.loaders import HostBatches, ResidentBatches, decode_batch, resident_nbytes
+from brainkit.data.packed import pack_cohort
 from brainkit.data.sources import SOURCES, RawBatch
 
 AFFINE = np.diag([-6.0, 6.0, 6.0, 1.0])
