@@ -8,12 +8,12 @@ Each loader delivers shuffled batches of ``--batch-size`` float32 full-grid volu
 
 ``npy files``       ``np.load`` of one file per image, stacked (the plain loop's reading);
 ``float32 memmap``  ``Cohort.images(batch)`` of the saved cohort;
-``uint8 memmap``    :class:`brainkit.data.packed.HostBatches`: read the cropped uint8 boxes,
+``uint8 memmap``    :class:`brainkit.data.loaders.HostBatches`: read the cropped uint8 boxes,
                     decode and un-crop (what ``fit`` does, here all on the CPU);
 ``+ prefetch``      the same with the next batch read in a background thread, as ``fit``'s
                     ``prefetch`` (reading overlaps decoding);
 ``float16 memmap``  as ``uint8 memmap`` with the float16 store;
-``uint8 resident``  :class:`brainkit.data.packed.ResidentBatches` on the CPU (gather, decode).
+``uint8 resident``  :class:`brainkit.data.loaders.ResidentBatches` on the CPU (gather, decode).
 
 Each loader runs ``--epochs`` passes and the median and best pass are printed; ``warm``
 passes read from the page cache; ``cold`` passes first drop this benchmark's own files from
@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from brainkit.data import Cohort, make_cohort, make_merged
-from brainkit.data.packed import HostBatches, ResidentBatches, pack_cohort
+from brainkit.data.loaders import HostBatches, ResidentBatches
+from brainkit.data.packed import pack_cohort
 from brainkit.experiments.speed import report_header, time_loader
 
 

@@ -1,6 +1,8 @@
 """Cohorts, images, splits and the synthetic default.
 
-The public API is re-exported here; see :mod:`brainkit.data.cohort` for the data model.
+The public API is re-exported here; see :mod:`brainkit.data.cohort` for the data model,
+:mod:`brainkit.data.sources` for where a cohort's images live (float arrays or a packed
+store), :mod:`brainkit.data.loaders` for the device loaders that feed training.
 """
 
 from .augment import (
@@ -28,7 +30,8 @@ from .cohort import (
 from .check import CheckReport, check_dataset
 from .manifests import ManifestError, list_manifests, load_manifest
 from .nifti import ImageError, import_nifti
-from .packed import PackedStore, pack_cohort
+from .packed import pack_cohort
+from .sources import ArraySource, ImageSource, PackedStore
 from .openbhb import load_openbhb, load_openbhb_flat, mask_volume, openbhb_table, unmask
 from .paths import data_root
 from .realdata import fcon1000_table, label_mci_conversion, oasis1_table, oasis2_table, read_table
@@ -43,6 +46,7 @@ from .splits import (
 
 __all__ = [
     "AUGMENTATIONS",
+    "ArraySource",
     "COLUMNS",
     "DIAGNOSES",
     "OPTIONAL_COLUMNS",
@@ -62,6 +66,7 @@ __all__ = [
     "GaussianBlur",
     "GaussianNoise",
     "ImageError",
+    "ImageSource",
     "import_nifti",
     "IntensityScale",
     "label_mci_conversion",

@@ -10,6 +10,10 @@ Columns (required)::
 Optional columns: ``tiv``, ``field_strength``, ``bio_age``, ``true_gap`` (synthetic ground
 truth), ``split`` (OpenBHB official split), ``path``. ``diagnosis`` uses the vocabulary
 ``HC, sMCI, pMCI, MCI, AD``; ``sex`` is ``M`` or ``F``.
+
+The images themselves are an :class:`~brainkit.data.sources.ImageSource` (float arrays, or a
+packed store): :mod:`brainkit.data.sources`. This module holds the table, its checks, and the
+cohort folder (``table.parquet``, ``cohort.json``, the source's data file).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._util import atomic_path
-from ..errors import InputError, MissingFileError
+from ..errors import MissingFileError
+from .sources import SOURCES, ArraySource, CohortError, ImageSource, PackedStore, _atomic_write
 
 __all__ = [
     "COLUMNS",
@@ -74,14 +78,11 @@ _SEX_SPELLINGS = {
     "woman": "F",
 }
 _NUMERIC_OPTIONAL = ("tiv", "field_strength", "bio_age", "true_gap")
-# Version 1: float images in images.npy. Version 2: packed images (brainkit.data.packed) in
-# packed.npy; plain cohorts are still written as version 1 so older brainkit reads them.
-_FORMAT_VERSION = 2
-_PLAIN_FORMAT_VERSION = 1
-
-
-class CohortError(InputError):
-    """A cohort table or image array that does not follow the brainkit data model."""
+# The sidecar's format version is the source's (ImageSource.format_version): 1 for float
+# images in images.npy (and table-only cohorts), 2 for a packed store in packed.npy. Plain
+# cohorts are still written as version 1 so older brainkit reads them.
+_FORMAT_VERSION = max(cls.format_version for cls in SOURCES.values())
+_TABLE_ONLY_FORMAT_VERSION = 1
 
 
 def _where(table: pd.DataFrame, mask: np.ndarray, source: str, limit: int = 5) -> str:
@@ -350,16 +351,18 @@ class Cohort:
     ----------
     table : pandas.DataFrame
         One row per image (see :func:`validate_table`).
-    images : numpy.ndarray of shape (n_images, X, Y, Z), PackedStore, or None
-        Image ``i`` belongs to row ``i``. A ``numpy.memmap`` is kept as is (not read into
-        memory). A :class:`brainkit.data.packed.PackedStore` (cropped uint8 / float16 images,
-        see :func:`brainkit.data.packed.pack_cohort`) makes a *packed* cohort: ``images()``
-        still returns float32 full-grid volumes, and :meth:`raw_batch` gives the stored bytes.
-        ``None`` makes a table-only cohort (e.g. tabular volumetrics).
+    images : numpy.ndarray of shape (n_images, X, Y, Z), ImageSource, or None
+        Image ``i`` belongs to row ``i``. A float array (a ``numpy.memmap`` is kept as is, not
+        read into memory) becomes an :class:`~brainkit.data.sources.ArraySource`. A
+        :class:`~brainkit.data.PackedStore` (cropped uint8 / float16 images, see
+        :func:`brainkit.data.packed.pack_cohort`) makes a *packed* cohort: ``images()`` still
+        returns float32 full-grid volumes, and :meth:`raw_batch` gives the stored bytes. Any
+        other :class:`~brainkit.data.sources.ImageSource` is held as given. ``None`` makes a
+        table-only cohort (e.g. tabular volumetrics).
     affine : array-like of shape (4, 4)
         Voxel-to-world (MNI, mm) transform shared by all images.
     check_finite : bool, default True
-        Scan the images for NaN / inf (skipped for memory-mapped arrays, whose check happens
+        Scan the images for NaN / inf (skipped for memory-mapped sources, whose check happens
         when they are written by :meth:`save`).
 
     Examples
@@ -371,45 +374,27 @@ class Cohort:
     ((2, 31, 37, 31), dtype('float32'))
     """
 
-    def __init__(self, table: pd.DataFrame, images: np.ndarray | None, affine, *,
-                 check_finite: bool = True, _validated: bool = False, _hash: str | None = None):
+    def __init__(self, table: pd.DataFrame, images: np.ndarray | ImageSource | None, affine,
+                 *, check_finite: bool = True, _validated: bool = False,
+                 _hash: str | None = None):
         self._table = table if _validated else validate_table(table)
         self._affine = _check_affine(affine)
         self._content_hash = _hash
-        self._source: Path | None = None  # the folder it was loaded from (for messages)
+        self._folder: Path | None = None  # the folder it was loaded from (for messages)
+        source = images if images is None or isinstance(images, ImageSource) \
+            else ArraySource(images)
+        if source is not None and len(source) != len(self._table):
+            raise CohortError(f"{source.noun} holds {len(source)} volumes but the table has "
+                              f"{len(self._table)} rows")
+        checked = check_finite and (source is None or source.filename is None)
+        if source is not None and checked:
+            bad = source.nonfinite()
+            if bad.any():
+                raise CohortError(f"{_where(self._table, bad, 'images')}: volume contains NaN "
+                                  "or inf")
+        self._source = source
         # verify() has nothing left to do: content checked here, no recorded hash to match
-        self._verified = _hash is None and check_finite and not isinstance(images, np.memmap)
-        if images is None:
-            self._images = None
-            return
-        from .packed import PackedStore
-
-        if isinstance(images, PackedStore):
-            if len(images) != len(self._table):
-                raise CohortError(f"the packed store holds {len(images)} volumes but the table "
-                                  f"has {len(self._table)} rows")
-            self._images = images
-            return
-        if not isinstance(images, np.ndarray):
-            raise TypeError(f"images must be a numpy array, got {type(images).__name__}")
-        if images.ndim != 4:
-            raise CohortError(
-                f"images must have shape (n_images, X, Y, Z), got {images.ndim}-D shape "
-                f"{images.shape}"
-            )
-        if images.shape[0] != len(self._table):
-            raise CohortError(
-                f"images hold {images.shape[0]} volumes but the table has {len(self._table)} rows"
-            )
-        if not np.issubdtype(images.dtype, np.floating):
-            raise CohortError(f"images must be floating point, got dtype {images.dtype}")
-        if check_finite and not isinstance(images, np.memmap):
-            finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
-            if not finite.all():
-                raise CohortError(
-                    f"{_where(self._table, ~finite, 'images')}: volume contains NaN or inf"
-                )
-        self._images = images
+        self._verified = _hash is None and checked
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -423,27 +408,32 @@ class Cohort:
         return self._affine
 
     @property
+    def source(self) -> ImageSource | None:
+        """Where the images live (:mod:`brainkit.data.sources`); ``None`` for a table-only
+        cohort."""
+        return self._source
+
+    @property
     def grid_shape(self) -> tuple[int, int, int] | None:
         """Image grid ``(X, Y, Z)``; ``None`` for a table-only cohort."""
-        return None if self._images is None else tuple(int(s) for s in self._images.shape[1:])
+        return None if self._source is None else tuple(int(s) for s in self._source.grid_shape)
 
     @property
     def has_images(self) -> bool:
-        return self._images is not None
+        return self._source is not None
 
     @property
-    def packed_store(self):
-        """The :class:`brainkit.data.packed.PackedStore` of a packed cohort, else ``None``."""
-        from .packed import PackedStore
-
-        return self._images if isinstance(self._images, PackedStore) else None
+    def packed_store(self) -> PackedStore | None:
+        """The :class:`~brainkit.data.PackedStore` of a packed cohort, else ``None`` (for
+        callers that report on the packing: box, dtype, scale, error bound)."""
+        return self._source if isinstance(self._source, PackedStore) else None
 
     def __len__(self) -> int:
         return len(self._table)
 
     def __repr__(self) -> str:
         datasets = ", ".join(sorted(self._table["dataset"].unique()))
-        grid = "no images" if self._images is None else "x".join(map(str, self.grid_shape))
+        grid = "no images" if self._source is None else "x".join(map(str, self.grid_shape))
         return (f"Cohort({len(self)} images, {self._table['subject_id'].nunique()} subjects, "
                 f"datasets: {datasets}, grid {grid})")
 
@@ -464,6 +454,11 @@ class Cohort:
             raise IndexError(f"indices out of range for a cohort of {len(self)} images")
         return idx
 
+    def _images_source(self) -> ImageSource:
+        if self._source is None:
+            raise CohortError("this cohort has no images (table-only)")
+        return self._source
+
     def images(self, indices=None) -> np.ndarray:
         """Read images as a float32 array of shape (n, X, Y, Z).
 
@@ -477,16 +472,8 @@ class Cohort:
         For a packed cohort the volumes are dequantised and un-cropped (zero outside the
         stored box): within :attr:`PackedStore.max_error` of the images that were packed.
         """
-        if self._images is None:
-            raise CohortError("this cohort has no images (table-only)")
-        idx = self._positions(indices)
-        if self.packed_store is not None:  # decoded and un-cropped (brainkit.data.packed)
-            return self._images.read(idx)
-        # Sorted reads are much faster on memory-mapped stores; restore the order after.
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((len(idx),) + self._images.shape[1:], dtype=np.float32)
-        out[order] = self._images[idx[order]]
-        return out
+        source = self._images_source()
+        return source.read(self._positions(indices))
 
     def raw_batch(self, indices):
         """Images as stored, for the training loop's fast path.
@@ -498,30 +485,21 @@ class Cohort:
 
         Returns
         -------
-        brainkit.data.packed.RawBatch
+        brainkit.data.sources.RawBatch
             ``data`` of shape (n, x, y, z): the uint8 / float16 boxes of a packed cohort
             (``scale``, ``offset``, ``box`` and ``grid_shape`` say how to decode and un-crop
-            them, :func:`brainkit.data.packed.decode_batch`); for an ordinary cohort the float32
-            full-grid images with ``scale=1``, ``offset=0`` and the whole grid as box.
+            them, :func:`brainkit.data.loaders.decode_batch`); for an ordinary cohort the
+            float32 full-grid images with ``scale=1``, ``offset=0`` and the whole grid as box.
         """
-        from .packed import RawBatch
-
-        if self._images is None:
-            raise CohortError("this cohort has no images (table-only)")
-        idx = self._positions(indices)
-        if self.packed_store is not None:
-            return self._images.raw_batch(idx)
-        grid = self.grid_shape
-        return RawBatch(self.images(idx), 1.0, 0.0, tuple((0, n) for n in grid), grid)
+        source = self._images_source()
+        return source.raw_batch(self._positions(indices))
 
     def subset(self, indices) -> Cohort:
-        """A new cohort holding the given rows (positions), in the given order (a packed
-        cohort gives a packed subset, held in memory)."""
+        """A new cohort holding the given rows (positions), in the given order, in memory
+        (a packed cohort gives a packed subset; float images are read as float32)."""
         idx = self._positions(indices)
         table = self._table.iloc[idx].reset_index(drop=True)
-        if self.packed_store is not None:
-            return Cohort(table, self._images.take(idx), self._affine, _validated=True)
-        images = None if self._images is None else self.images(idx)
+        images = None if self._source is None else self._source.take(idx)
         return Cohort(table, images, self._affine, _validated=True, check_finite=False)
 
     # ------------------------------------------------------------------ identity
@@ -542,28 +520,11 @@ class Cohort:
         h = hashlib.sha256()
         h.update(self._table.to_csv(index=False, float_format="%.10g").encode())
         h.update(np.ascontiguousarray(self._affine, dtype=np.float64).tobytes())
-        bad = np.zeros(len(self), dtype=bool)
-        if self.packed_store is not None:
-            self._images.update_hash(h)
-            data = self._images.data
-            if check_finite and np.issubdtype(data.dtype, np.floating):
-                step = max(1, (64 << 20) // max(1, data[0].nbytes))
-                for start in range(0, len(data), step):
-                    block = np.asarray(data[start:start + step])
-                    bad[start:start + len(block)] = \
-                        ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-        elif self._images is not None:
-            h.update(str((self._images.shape, str(self._images.dtype))).encode())
-            step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
-            for start in range(0, len(self._images), step):
-                block = np.ascontiguousarray(self._images[start:start + step])
-                h.update(block.tobytes())
-                if check_finite:
-                    bad[start:start + len(block)] = \
-                        ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if self._source is None:
+            return h.hexdigest()
+        bad = self._source.update_hash(h, check_finite=check_finite)
         if bad.any():
-            where = self._source / (PACKED_FILE if self.packed_store is not None
-                                    else "images.npy") if self._source else "images"
+            where = self._folder / self._source.file_name if self._folder else "images"
             raise CohortError(f"{_where(self._table, bad, str(where))}: volume contains NaN "
                               "or inf (the file was changed after it was checked); restore "
                               "or re-import the cohort")
@@ -592,7 +553,7 @@ class Cohort:
         actual = self._digest(check_finite=True)
         recorded = self._content_hash
         if recorded is not None and actual != recorded:
-            where = self._source if self._source is not None else "this cohort"
+            where = self._folder if self._folder is not None else "this cohort"
             raise CohortError(
                 f"{where}: the content changed after the cohort was saved (content hash now "
                 f"{actual[:12]}..., cohort.json records {recorded[:12]}...): an image or table "
@@ -606,48 +567,33 @@ class Cohort:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the cohort to ``directory``.
 
-        Layout: ``table.parquet``, ``images.npy`` (memory-mappable, float32 or the stored
-        float dtype) and ``cohort.json`` (format version, grid, affine, dtype, content hash).
-        A packed cohort writes ``packed.npy`` instead of ``images.npy`` and describes it under
-        ``"packed"`` in ``cohort.json`` (format version 2).
-        Files are written to temporary names and renamed, so an interrupted save never leaves
-        a half-written file under a final name.
+        Layout: ``table.parquet``, the source's data file and ``cohort.json`` (format
+        version, grid, affine, dtype, content hash, and what the source adds). Float images
+        are written to ``images.npy`` (memory-mappable, the stored float dtype; format
+        version 1); a packed cohort writes ``packed.npy`` and describes it under
+        ``"packed"`` (format version 2). Files are written to temporary names and renamed, so
+        an interrupted save never leaves a half-written file under a final name.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / "table.parquet", lambda p: self._table.to_parquet(p, index=False))
-        packed = self.packed_store
-        if packed is not None:
-            packed.save(d)
-        elif self._images is not None:
-            def write_images(p):
-                arr = np.lib.format.open_memmap(p, mode="w+", dtype=self._images.dtype,
-                                                shape=self._images.shape)
-                step = max(1, (64 << 20) // max(1, self._images[0].nbytes))
-                for start in range(0, len(self._images), step):
-                    block = np.asarray(self._images[start:start + step])
-                    if not np.isfinite(block).all():
-                        raise CohortError(f"images {start}..{start + len(block) - 1} contain "
-                                          "NaN or inf; refusing to save")
-                    arr[start:start + len(block)] = block
-                arr.flush()
-                del arr
-            _atomic_write(d / "images.npy", write_images)
+        _atomic_write(d / TABLE_FILE, lambda p: self._table.to_parquet(p, index=False))
+        source = self._source
+        if source is not None:
+            source.save(d)
         meta = {
             "format": "brainkit-cohort",
-            "format_version": _PLAIN_FORMAT_VERSION if packed is None else _FORMAT_VERSION,
+            "format_version": _TABLE_ONLY_FORMAT_VERSION if source is None
+            else source.format_version,
             "n_images": len(self),
             "grid_shape": list(self.grid_shape) if self.grid_shape else None,
             "affine": self._affine.tolist(),
-            "dtype": None if self._images is None else str(self._images.dtype),
+            "dtype": None if source is None else str(source.dtype),
             "content_hash": self.content_hash,
             # sizes and modification times: Cohort.load notices a file edited afterwards
-            "files": _stamps(d, [TABLE_FILE, PACKED_FILE if packed is not None
-                                 else IMAGES_FILE if self._images is not None else None]),
+            "files": _stamps(d, [TABLE_FILE, None if source is None else source.file_name]),
         }
-        if packed is not None:
-            meta["store"] = "packed"
-            meta["packed"] = packed.descriptor()
+        if source is not None:
+            meta.update(source.sidecar())
         _atomic_write(d / "cohort.json",
                       lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
         return d
@@ -675,28 +621,15 @@ class Cohort:
         FileNotFoundError
             ``cohort.json`` or a data file is missing.
         CohortError
-            Unreadable, truncated or inconsistent files, or content that changed after the
-            cohort was saved; the message names the file.
+            Unreadable, truncated or inconsistent files, content that changed after the
+            cohort was saved, or a ``"store"`` this brainkit does not know; the message names
+            the file.
         """
         if verify not in ("fast", "full", "none"):
             raise ValueError(f"verify must be 'fast', 'full' or 'none', got {verify!r}")
         d = Path(directory)
         meta_path = d / "cohort.json"
-        if not meta_path.is_file():
-            why = " (the folder does not exist)" if not d.exists() else ""
-            raise MissingFileError(f"{meta_path} not found: {d} is not a saved brainkit "
-                                   f"cohort{why}")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CohortError(f"{meta_path}: not valid JSON ({err})") from None
-        if not isinstance(meta, dict):
-            raise CohortError(f"{meta_path}: not a brainkit cohort sidecar (a JSON object)")
-        if meta.get("format") != "brainkit-cohort":
-            raise CohortError(f"{meta_path}: not a brainkit cohort sidecar")
-        if meta.get("format_version", 0) > _FORMAT_VERSION:
-            raise CohortError(f"{meta_path}: format version {meta['format_version']} is newer "
-                              "than this brainkit understands; upgrade brainkit")
+        meta = _read_sidecar(d, meta_path)
         table_path = d / TABLE_FILE
         if not table_path.is_file():
             raise MissingFileError(f"{table_path} not found")
@@ -706,33 +639,14 @@ class Cohort:
             raise CohortError(f"{table_path}: unreadable parquet table, truncated or not "
                               f"written by brainkit ({type(err).__name__}: {err})") from None
         table = validate_table(raw, source=str(table_path))
-        images = None
-        if meta.get("store") == "packed":
-            from .packed import PackedStore
-
-            if meta.get("grid_shape") is None:
-                raise CohortError(f"{meta_path}: a packed cohort needs 'grid_shape'")
-            images = PackedStore.load(d, meta.get("packed"), n_images=meta["n_images"],
-                                      grid_shape=meta["grid_shape"], mmap=mmap)
-        elif meta.get("grid_shape") is not None:
-            img_path = d / "images.npy"
-            if not img_path.is_file():
-                raise FileNotFoundError(f"{img_path} not found (the sidecar says the cohort has "
-                                        "images)")
-            try:
-                images = np.load(img_path, mmap_mode="r" if mmap else None)
-            except ValueError as err:
-                raise CohortError(f"{img_path}: unreadable image store ({err})") from None
-            expected = (meta["n_images"], *meta["grid_shape"])
-            if tuple(images.shape) != tuple(expected):
-                raise CohortError(f"{img_path}: shape {images.shape}, expected {expected} "
-                                  "from cohort.json (truncated or replaced file?)")
+        source_class = _source_class(meta, meta_path)
+        images = None if source_class is None else source_class.load(d, meta, mmap=mmap)
         try:
             cohort = cls(table, images, meta["affine"], _validated=True, check_finite=not mmap,
                          _hash=meta.get("content_hash"))
         except CohortError as err:
             raise CohortError(f"{d}: {err}") from None
-        cohort._source = d
+        cohort._folder = d
         if verify == "full":
             cohort.verify()
         elif verify == "fast":
@@ -763,8 +677,42 @@ class Cohort:
 
 
 TABLE_FILE = "table.parquet"
-IMAGES_FILE = "images.npy"
-PACKED_FILE = "packed.npy"
+
+
+def _read_sidecar(d: Path, meta_path: Path) -> dict:
+    """``cohort.json`` as a dict, checked to be a brainkit sidecar this version can read."""
+    if not meta_path.is_file():
+        why = " (the folder does not exist)" if not d.exists() else ""
+        raise MissingFileError(f"{meta_path} not found: {d} is not a saved brainkit "
+                               f"cohort{why}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CohortError(f"{meta_path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CohortError(f"{meta_path}: not a brainkit cohort sidecar (a JSON object)")
+    if meta.get("format") != "brainkit-cohort":
+        raise CohortError(f"{meta_path}: not a brainkit cohort sidecar")
+    if meta.get("format_version", 0) > _FORMAT_VERSION:
+        raise CohortError(f"{meta_path}: format version {meta['format_version']} is newer "
+                          "than this brainkit understands; upgrade brainkit")
+    return meta
+
+
+def _source_class(meta: dict, meta_path: Path) -> type[ImageSource] | None:
+    """The :data:`~brainkit.data.sources.SOURCES` class named by the sidecar's ``"store"``
+    (none: ``"array"`` when the sidecar has a grid, else a table-only cohort)."""
+    store = meta.get("store")
+    if store is None:
+        if meta.get("grid_shape") is None:
+            return None
+        store = ArraySource.store
+    if store not in SOURCES:
+        raise CohortError(f"{meta_path}: unknown image store {store!r} (this brainkit reads "
+                          f"{sorted(SOURCES)}); upgrade brainkit")
+    if meta.get("grid_shape") is None:
+        raise CohortError(f"{meta_path}: a {store} cohort needs 'grid_shape'")
+    return SOURCES[store]
 
 
 def _stamps(directory: Path, names) -> dict:
@@ -781,23 +729,44 @@ def _stamps(directory: Path, names) -> dict:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file, then move it onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def concat(cohorts: Sequence[Cohort]) -> Cohort:
-    """Stack cohorts on the same grid into one (tables and images concatenated)."""
+    """Stack cohorts on the same grid into one (tables and images concatenated).
+
+    Images are joined as they are stored (:meth:`ImageSource.concatenate
+    <brainkit.data.sources.ImageSource.concatenate>`): float cohorts give a float32 cohort
+    in memory; packed cohorts give a packed cohort in memory when every part is packed with
+    the same settings (dtype, box, scale, offset, value range and margin, as for subsets of
+    one packed cohort). Anything else is refused rather than silently decoded or re-quantised.
+
+    Parameters
+    ----------
+    cohorts : sequence of Cohort
+
+    Returns
+    -------
+    Cohort
+
+    Raises
+    ------
+    CohortError
+        Cohorts on different grids or affines; table-only cohorts mixed with cohorts that
+        have images; packed cohorts mixed with float ones, or packed with other settings (the
+        message names the cohorts and their settings); duplicate image ids.
+    """
     if not cohorts:
         raise ValueError("concat needs at least one cohort")
     first = cohorts[0]
+    table_only = [i for i, c in enumerate(cohorts) if not c.has_images]
+    if table_only and len(table_only) < len(cohorts):
+        raise CohortError(f"cohorts {table_only} are table-only but the others have images; "
+                          "concatenate cohorts that all have images, or none")
     for i, c in enumerate(cohorts[1:], 1):
         if c.grid_shape != first.grid_shape or not np.allclose(c.affine, first.affine):
             raise CohortError(f"cohort {i} is on grid {c.grid_shape} / affine differs from "
                               f"cohort 0 ({first.grid_shape}); resample before concatenating")
     table = pd.concat([c.table for c in cohorts], ignore_index=True)
     images = None
-    if first.has_images:
-        images = np.concatenate([c.images() for c in cohorts], axis=0)
+    if not table_only:
+        images = ImageSource.concatenate([c.source for c in cohorts],
+                                         labels=[f"cohort {i}" for i in range(len(cohorts))])
     return Cohort(table, images, first.affine, check_finite=False)

@@ -315,7 +315,8 @@ def loader_throughput(cohort, *, batch_size: int = 32, epochs: int = 3,
     import torch
 
     from ..data import Cohort
-    from ..data.packed import HostBatches, ResidentBatches, pack_cohort
+    from ..data.loaders import HostBatches, ResidentBatches
+    from ..data.packed import pack_cohort
 
     if getattr(cohort, "grid_shape", None) is None:
         raise ValueError("loader_throughput needs a cohort with images (this one is "

@@ -80,7 +80,7 @@ def _ids(cohort, positions) -> list[str]:
 def _host_batches(cohort, device):
     """Batches read on the host (as stored: a packed cohort's uint8 / float16 boxes) and
     decoded to float32 full-grid volumes (B, 1, X, Y, Z) on ``device``."""
-    from brainkit.data.packed import HostBatches
+    from brainkit.data.loaders import HostBatches
 
     return HostBatches(cohort, device, pin_memory=False)
 

@@ -851,7 +851,7 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
     if warmup_epochs >= epochs:
         raise ValueError(f"warmup_epochs ({warmup_epochs}) must be smaller than epochs "
                          f"({epochs})")
-    from brainkit.data.packed import DATA_PATHS
+    from brainkit.data.loaders import DATA_PATHS
 
     if data_path not in DATA_PATHS:
         raise ValueError(f"data_path must be one of {DATA_PATHS}, got {data_path!r}")
@@ -1074,7 +1074,7 @@ def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay
 
     # Batches: gathered on the device (resident) or read on the host, pinned on CUDA so the
     # copy is asynchronous (memmap); either way decoded and un-cropped on the device.
-    from brainkit.data.packed import open_batches
+    from brainkit.data.loaders import open_batches
 
     source = open_batches(cohort, device, data_path, pin_memory=cuda)
     load_images = source.fetch

@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 
 from brainkit.cli import main as brainkit_main
 from brainkit.data import Cohort, CohortError
-from brainkit.data.packed import (
-    PACKED_NAME,
-    PackedStore,
-    bounding_box,
-    decode_batch,
-    pack_cohort,
-    quantisation,
-)
+from brainkit.data.loaders import decode_batch
+from brainkit.data.packed import PACKED_NAME, PackedStore, bounding_box, pack_cohort, quantisation
 
 AFFINE = np.diag([-6.0, 6.0, 6.0, 1.0])
 GRID = (9, 11, 8)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from brainkit.data import Cohort
-from brainkit.data.packed import HostBatches, ResidentBatches, open_batches, pack_cohort, \
-    resident_nbytes
+from brainkit.data.loaders import HostBatches, ResidentBatches, open_batches, resident_nbytes
+from brainkit.data.packed import pack_cohort
 from brainkit.models import build_model
 from brainkit.train import embed, fit, recalibrate_batchnorm
 
@@ -149,7 +149,7 @@ def test_auto_decides_on_the_free_memory_of_an_indexed_cuda_device(packed, monke
     torch.device("cuda") (no index), so the index must be resolved first; "auto" goes resident
     below memory_fraction of the free memory, and an explicit "resident" that cannot fit is
     refused."""
-    import brainkit.data.packed as packed_module
+    import brainkit.data.loaders as loaders_module
 
     cohort = packed["uint8"]
     need = resident_nbytes(cohort)
@@ -170,9 +170,9 @@ def test_auto_decides_on_the_free_memory_of_an_indexed_cuda_device(packed, monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
-    monkeypatch.setattr(packed_module, "ResidentBatches",
+    monkeypatch.setattr(loaders_module, "ResidentBatches",
                         lambda c, d, **k: Stub("resident", c, d, **k))
-    monkeypatch.setattr(packed_module, "HostBatches", lambda c, d, **k: Stub("memmap", c, d, **k))
+    monkeypatch.setattr(loaders_module, "HostBatches", lambda c, d, **k: Stub("memmap", c, d, **k))
 
     free["bytes"] = 2 * need + 2  # need < 0.5 * free
     source = open_batches(cohort, "cuda")

@@ -28,11 +28,11 @@ SCRIPT = textwrap.dedent(f"""
     cohort_dir, out_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     cohort = Cohort.load(cohort_dir)
     if mode != "fast":
-        read = cohort.images
-        def slow_images(indices=None):
+        read = cohort.raw_batch  # what training reads, for every image source
+        def slow_read(indices):
             time.sleep(0.15 if mode == "slow" else 1.0)
             return read(indices)
-        cohort.images = slow_images
+        cohort.raw_batch = slow_read
     torch.manual_seed(0)
     model = build_model("contrastive", widths=(4, 8, 16, 32), head_dims=(16, 8))
     try:
