@@ -20,6 +20,7 @@ from .calibration import (
     expected_calibration_error,
     reliability_curve,
 )
+from .harmonize import ComBat
 from .finetune import FinetunedClassifier, TransferResult, finetune_classifier, transfer_matrix
 from .longitudinal import DEFAULT_OPTIMIZERS, TrajectoryResult, fit_bag_trajectories
 from .metrics import mae, pearson_r, r2
@@ -96,6 +97,8 @@ __all__ = [
     "auc",
     "mean_absolute_error",
     "mean_difference",
+    # harmonisation
+    "ComBat",
     # scaling and correlation
     "power_law",
     "PowerLawFit",
