@@ -21,6 +21,7 @@ from .calibration import (
     reliability_curve,
 )
 from .harmonize import ComBat
+from .intervals import ConformalInterval
 from .finetune import FinetunedClassifier, TransferResult, finetune_classifier, transfer_matrix
 from .longitudinal import DEFAULT_OPTIMIZERS, TrajectoryResult, fit_bag_trajectories
 from .metrics import mae, pearson_r, r2
@@ -99,6 +100,8 @@ __all__ = [
     "mean_difference",
     # harmonisation
     "ComBat",
+    # prediction intervals
+    "ConformalInterval",
     # scaling and correlation
     "power_law",
     "PowerLawFit",
