@@ -30,6 +30,7 @@ Trends in Machine Learning* 16 (2023).
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -121,7 +122,7 @@ class ConformalInterval:
         self.min_bin_size = min_bin_size
 
     def _check_params(self) -> float:
-        if isinstance(self.coverage, bool) or not isinstance(self.coverage, (int, float)):
+        if isinstance(self.coverage, bool) or not isinstance(self.coverage, numbers.Real):
             raise TypeError(f"coverage must be a number in (0, 1); got {self.coverage!r}")
         if not 0.0 < float(self.coverage) < 1.0:
             raise ValueError(f"coverage must be in (0, 1), e.g. 0.95; got {self.coverage!r}")

@@ -255,6 +255,7 @@ def test_smooth_age_harmonises_and_refuses_ages_outside_the_fitted_range(rng, ef
     inside = t.iloc[:50]
     out = combat.transform(x[:50], inside)
     assert np.isfinite(out).all()
+    np.testing.assert_allclose(combat.transform(x[:1], t.iloc[:1]), out[:1])   # one row
     means = pd.DataFrame(out).groupby(inside.site.to_numpy()).mean().to_numpy()
     raw = pd.DataFrame(x[:50]).groupby(inside.site.to_numpy()).mean().to_numpy()
     assert np.ptp(means, axis=0).max() < 0.5 * np.ptp(raw, axis=0).max()
