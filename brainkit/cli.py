@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "brainkit.data.cli",
     "brainkit.train.cli",
     "brainkit.experiments.cli",
+    "brainkit.eval.cli",
 )
 
 

@@ -1,5 +1,6 @@
 """Evaluation: metrics, probes, OpenBHB challenge, brain-age gap, longitudinal models,
-downstream fine-tuning, calibration and scaling laws.
+downstream fine-tuning, calibration, scaling laws, ComBat harmonisation, conformal
+prediction intervals and the evaluation report.
 
 Every function here takes arrays or tidy tables and returns numbers, tables or small result
 objects; plotting lives in :mod:`brainkit.plots`.
@@ -21,6 +22,8 @@ from .calibration import (
     reliability_curve,
 )
 from .finetune import FinetunedClassifier, TransferResult, finetune_classifier, transfer_matrix
+from .harmonize import ComBat
+from .intervals import ConformalInterval
 from .longitudinal import DEFAULT_OPTIMIZERS, TrajectoryResult, fit_bag_trajectories
 from .metrics import mae, pearson_r, r2
 from .probes import (
@@ -33,6 +36,7 @@ from .probes import (
     openbhb_challenge,
     site_probe,
 )
+from .report import Report, evaluation_report
 from .scaling import (
     CorrelationResult,
     PowerLawFit,
@@ -96,6 +100,13 @@ __all__ = [
     "auc",
     "mean_absolute_error",
     "mean_difference",
+    # harmonisation
+    "ComBat",
+    # prediction intervals
+    "ConformalInterval",
+    # the evaluation report
+    "Report",
+    "evaluation_report",
     # scaling and correlation
     "power_law",
     "PowerLawFit",
