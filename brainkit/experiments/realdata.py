@@ -31,6 +31,8 @@ __all__ = [
     "oasis2_markdown",
     "site_predictability",
     "fcon1000_markdown",
+    "baseline_comparison",
+    "baseline_markdown",
 ]
 
 _FILES = {
@@ -212,7 +214,7 @@ def oasis1_markdown(cv: pd.DataFrame | None):
     """The OASIS-1 result sentences: each CNN against the voxel ridge (MAE and AUC)."""
     from ..plots.theme import loss_label
     from . import prose
-    from .findings import auc_difference, mae_difference
+    from .estimates import auc_difference, mae_difference
 
     if cv is None:
         return _md("The OASIS-1 images were not found, so no result is reported here.")
@@ -268,3 +270,63 @@ def fcon1000_markdown(site: pd.DataFrame | None):
     return _md(f"The probe recovers the site {prose.claim(word, margin)} chance: balanced "
                f"accuracy {row['site_bacc']:.3f} against {row['chance']:.3f} "
                f"({int(row['sites'])} sites, {int(row['subjects'])} subjects).")
+
+
+def baseline_comparison(cohort, *, real=None, profile=None, store=None,
+                        n_boot: int = 500) -> pd.DataFrame:
+    """CNN against the voxel ridge, on the synthetic default and on real scans.
+
+    Synthetic: the held-out healthy MAE of the models pre-trained on the merged pool
+    (:func:`~brainkit.experiments.designs.heldout_gaps`, every seed). Real: the out-of-fold
+    healthy MAE of :func:`brainkit.experiments.realdata.cross_validated_brain_age` on
+    ``real`` (a cohort, e.g. OASIS-1; skipped when ``None``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (data, model): ``mae`` with ``mae_low`` / ``mae_high``, ``n``,
+        ``n_subjects``, ``n_seeds`` and ``vs_ridge`` (MAE over the ridge's).
+    """
+    from .designs import heldout_gaps
+    from .pipeline import BASELINE
+    from .profiles import get_profile
+    from .summaries import mae_summary
+
+    profile = get_profile(profile)
+    models = [BASELINE, *[m for m in REAL_MODELS if m != BASELINE]]
+    parts = []
+    gaps = heldout_gaps(cohort, models, profile=profile, seeds=profile.seed_plan(),
+                        store=store)
+    hc = gaps[gaps["diagnosis"] == "HC"].assign(
+        subject_id=lambda t: t["subject_id"].astype(str))
+    parts.append(mae_summary(hc, by=("loss",), n_boot=n_boot).assign(
+        data="synthetic (held-out test sets)"))
+    if real is not None:
+        cv = cross_validated_brain_age(real, models=models, profile=profile, store=store)
+        rhc = cv[cv["diagnosis"] == "HC"].assign(
+            subject_id=lambda t: t["subject_id"].astype(str))
+        parts.append(mae_summary(rhc, by=("loss",), n_boot=n_boot).assign(
+            data="real OASIS-1 (5-fold CV)"))
+    out = pd.concat(parts, ignore_index=True)
+    ridge = out[out["loss"] == BASELINE].set_index("data")["mae"]
+    out["vs_ridge"] = out["mae"] / out["data"].map(ridge)
+    return out[["data", "loss", "mae", "mae_low", "mae_high", "vs_ridge", "n", "n_subjects",
+                "n_seeds"]]
+
+
+def baseline_markdown(comparison: pd.DataFrame):
+    """One sentence per data set: how the CNNs' MAE compares with the voxel ridge's."""
+    from ..plots.theme import loss_label
+
+    lines = []
+    for data, part in comparison.groupby("data", sort=False):
+        ridge = part[part["loss"] == "ridge"].iloc[0]
+        bits = []
+        for _, row in part[part["loss"] != "ridge"].iterrows():
+            bits.append(f"{loss_label(row['loss'])} {row['mae']:.2f} "
+                        f"[{row['mae_low']:.2f}, {row['mae_high']:.2f}] "
+                        f"({100 * (row['vs_ridge'] - 1):+.0f} %)")
+        lines.append(f"- {data}: the voxel ridge {ridge['mae']:.2f} "
+                     f"[{ridge['mae_low']:.2f}, {ridge['mae_high']:.2f}] years; "
+                     + ", ".join(bits) + f" (n = {int(ridge['n'])} images).")
+    return _md("\n".join(lines))

@@ -42,8 +42,6 @@ __all__ = [
     "calibration_intervals",
     "correlation_table",
     "downstream_markdown",
-    "baseline_comparison",
-    "baseline_markdown",
     "split_table",
 ]
 
@@ -234,7 +232,7 @@ def challenge_summary(preds: pd.DataFrame, *, n_boot: int = 500) -> pd.DataFrame
         ``n_sites`` (internal test sites), ``n_seeds``, ``n_datasets``.
     """
     from ..eval.uncertainty import Replicates, balanced_accuracy, bootstrap_ci
-    from .findings import _labels, _replicates
+    from .estimates import _labels, _replicates
 
     rows = []
     for (loss, n_train), part in preds.groupby(["loss", "n_train"], sort=False):
@@ -296,7 +294,7 @@ def mae_summary(preds: pd.DataFrame, by: Sequence[str] = ("loss", "scheme", "dat
         ``n_seeds``.
     """
     from ..eval.uncertainty import Replicates, bootstrap_ci
-    from .findings import _aligned, _mae_rows, _replicates
+    from .estimates import _aligned, _mae_rows, _replicates
 
     rows = []
     for key, part in preds.groupby(list(by), sort=False):
@@ -321,7 +319,7 @@ def auc_summary(gaps: pd.DataFrame, *, datasets: Sequence[str] = ("adni", "oasis
         ``n_control`` (images), ``n_subjects``, ``n_seeds``.
     """
     from ..eval.uncertainty import Replicates, bootstrap_ci
-    from .findings import _auc_rows, _replicates
+    from .estimates import _auc_rows, _replicates
 
     rows = []
     for dataset in datasets:
@@ -353,7 +351,7 @@ def gap_intervals(gaps: pd.DataFrame, *, value: str = "bag_corrected",
         ``n_subjects``, ``n_seeds`` and ``true_gap`` (synthetic cohorts).
     """
     from ..eval.uncertainty import Replicates, bootstrap_ci
-    from .findings import _replicates
+    from .estimates import _replicates
 
     rows = []
     for (loss, dx), part in gaps.groupby(["loss", "diagnosis"], sort=False):
@@ -421,7 +419,7 @@ def scaling_markdown(preds: pd.DataFrame, challenge: pd.DataFrame, fits: dict):
     moves from the smallest to the largest training set; whether a power law was fitted."""
     from ..plots.theme import loss_label
     from . import prose
-    from .findings import mae_change, mae_difference
+    from .estimates import mae_change, mae_difference
 
     ext = preds[preds["set"] == "external"]
     sizes = sorted(challenge["n_train"].unique())
@@ -488,7 +486,7 @@ def table3_markdown(preds: pd.DataFrame):
     """Table 3's result sentences: does merging lower each model's MAE on each dataset?"""
     from ..plots.theme import loss_label
     from . import prose
-    from .findings import mae_difference
+    from .estimates import mae_difference
 
     lines = []
     for loss in preds["loss"].unique():
@@ -533,7 +531,7 @@ def site_markdown(preds: pd.DataFrame, challenge: pd.DataFrame):
     whether exp's is the lowest at the largest size (Markdown)."""
     from ..plots.theme import loss_label
     from . import prose
-    from .findings import site_gap
+    from .estimates import site_gap
 
     sizes = sorted(challenge["n_train"].unique())
     lines = []
@@ -563,7 +561,7 @@ def auc_markdown(gaps: pd.DataFrame, aucs: pd.DataFrame):
     paper's values (Markdown)."""
     from ..plots.theme import loss_label
     from . import prose
-    from .findings import auc_difference
+    from .estimates import auc_difference
 
     lines = []
     quoted = paper.QUOTED
@@ -690,7 +688,7 @@ def correlation_table(points: pd.DataFrame) -> pd.DataFrame:
     """Fig. 4's correlation per model: Pearson r of (-MAE, accuracy) with a bootstrap
     interval over the models (points), and how many points there are."""
     from ..plots.theme import loss_label
-    from .findings import correlation
+    from .estimates import correlation
 
     rows = []
     for loss in points["loss"].unique():
@@ -706,7 +704,7 @@ def downstream_markdown(transfer: dict, points: pd.DataFrame):
     voxel baseline, calibration against the paper's range, and what Fig. 4 can say."""
     from ..plots.theme import loss_label
     from . import prose
-    from .findings import correlation, ece, transfer_difference
+    from .estimates import correlation, ece, transfer_difference
 
     preds = transfer["predictions"]
     lines = []
@@ -733,66 +731,6 @@ def downstream_markdown(transfer: dict, points: pd.DataFrame):
                      f"{paper.QUOTED[f'r_mae_accuracy_{loss}']} for {loss_label(loss)}). "
                      + ("With so few models, and models that differ mostly by seed, this "
                         "correlation cannot say much." if n_points[loss] < 10 else ""))
-    return _md("\n".join(lines))
-
-
-def baseline_comparison(cohort, *, real=None, profile=None, store=None,
-                        n_boot: int = 500) -> pd.DataFrame:
-    """CNN against the voxel ridge, on the synthetic default and on real scans.
-
-    Synthetic: the held-out healthy MAE of the models pre-trained on the merged pool
-    (:func:`~brainkit.experiments.designs.heldout_gaps`, every seed). Real: the out-of-fold
-    healthy MAE of :func:`brainkit.experiments.realdata.cross_validated_brain_age` on
-    ``real`` (a cohort, e.g. OASIS-1; skipped when ``None``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per (data, model): ``mae`` with ``mae_low`` / ``mae_high``, ``n``,
-        ``n_subjects``, ``n_seeds`` and ``vs_ridge`` (MAE over the ridge's).
-    """
-    from .designs import heldout_gaps
-    from .pipeline import BASELINE
-    from .profiles import get_profile
-    from .realdata import REAL_MODELS, cross_validated_brain_age
-
-    profile = get_profile(profile)
-    models = [BASELINE, *[m for m in REAL_MODELS if m != BASELINE]]
-    parts = []
-    gaps = heldout_gaps(cohort, models, profile=profile, seeds=profile.seed_plan(),
-                        store=store)
-    hc = gaps[gaps["diagnosis"] == "HC"].assign(
-        subject_id=lambda t: t["subject_id"].astype(str))
-    parts.append(mae_summary(hc, by=("loss",), n_boot=n_boot).assign(
-        data="synthetic (held-out test sets)"))
-    if real is not None:
-        cv = cross_validated_brain_age(real, models=models, profile=profile, store=store)
-        rhc = cv[cv["diagnosis"] == "HC"].assign(
-            subject_id=lambda t: t["subject_id"].astype(str))
-        parts.append(mae_summary(rhc, by=("loss",), n_boot=n_boot).assign(
-            data="real OASIS-1 (5-fold CV)"))
-    out = pd.concat(parts, ignore_index=True)
-    ridge = out[out["loss"] == BASELINE].set_index("data")["mae"]
-    out["vs_ridge"] = out["mae"] / out["data"].map(ridge)
-    return out[["data", "loss", "mae", "mae_low", "mae_high", "vs_ridge", "n", "n_subjects",
-                "n_seeds"]]
-
-
-def baseline_markdown(comparison: pd.DataFrame):
-    """One sentence per data set: how the CNNs' MAE compares with the voxel ridge's."""
-    from ..plots.theme import loss_label
-
-    lines = []
-    for data, part in comparison.groupby("data", sort=False):
-        ridge = part[part["loss"] == "ridge"].iloc[0]
-        bits = []
-        for _, row in part[part["loss"] != "ridge"].iterrows():
-            bits.append(f"{loss_label(row['loss'])} {row['mae']:.2f} "
-                        f"[{row['mae_low']:.2f}, {row['mae_high']:.2f}] "
-                        f"({100 * (row['vs_ridge'] - 1):+.0f} %)")
-        lines.append(f"- {data}: the voxel ridge {ridge['mae']:.2f} "
-                     f"[{ridge['mae_low']:.2f}, {ridge['mae_high']:.2f}] years; "
-                     + ", ".join(bits) + f" (n = {int(ridge['n'])} images).")
     return _md("\n".join(lines))
 
 

@@ -770,7 +770,7 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
         With the ``"memmap"`` data path, read (and pin) the next batch's images in a
         background thread while the current step runs.
     data_path : {"auto", "memmap", "resident"}, default "auto"
-        Where batches come from (:func:`brainkit.data.packed.open_batches`): ``"resident"``
+        Where batches come from (:func:`brainkit.data.loaders.open_batches`): ``"resident"``
         copies the cohort's stored images (packed bytes, or float32) to ``device`` once and
         gathers each batch there; ``"memmap"`` reads each batch on the host and copies it.
         ``"auto"``: resident on CUDA when the copy takes under half of the free device
