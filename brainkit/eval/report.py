@@ -49,7 +49,7 @@ __all__ = ["Report", "evaluation_report", "SITE_PRED_COLUMN", "SET_COLUMN",
 #: Column with the site probe's prediction for internal-test images (the OpenBHB challenge).
 SITE_PRED_COLUMN = "site_pred"
 #: Column naming each image's challenge set: ``"internal"`` (sites seen in training) or
-#: ``"external"`` (unseen sites), as in :func:`brainkit.experiments.designs.challenge_predictions`.
+#: ``"external"`` (unseen sites), as in :func:`brainkit.experiments.challenge.challenge_predictions`.
 SET_COLUMN = "set"
 #: Subject columns tried, in order, when ``subject`` is not given.
 SUBJECT_COLUMNS = ("participant_id", "subject_id")

@@ -1,26 +1,37 @@
 """Experiments: profiles, the cached results store, the paper's designs, sweeps."""
 
 from . import findings, paper, progress, prose, realdata, summaries, toy
+from .challenge import challenge_metrics, challenge_predictions
+from .cohorts import PretrainingSplit, default_cohort, pretraining_split, synthetic_cohort
 from .designs import (
-    PretrainingSplit,
+    DESIGNS,
+    Design,
+    Evaluation,
+    RunSpec,
     book_scaling,
-    default_cohort,
+    cross_validate,
     downstream_transfer,
     heldout_gaps,
-    pretraining_split,
+    run_design,
     scaling_predictions,
     scaling_sweep,
     single_vs_merge,
     single_vs_merge_predictions,
-    synthetic_cohort,
 )
-from .pipeline import BASELINE, LOSSES, MODELS, cross_validate, train_encoder
+from .pipeline import BASELINE, LOSSES, MODELS, train_encoder
 from .profiles import PROFILES, Profile, get_profile
 from .speed import benchmark_reports, loader_throughput, machine, step_throughput
 from .store import ResultsStore, Run, RunOutput, config_key, default_store, load_results
 
 __all__ = [
     "BASELINE",
+    "DESIGNS",
+    "Design",
+    "Evaluation",
+    "RunSpec",
+    "challenge_metrics",
+    "challenge_predictions",
+    "run_design",
     "LOSSES",
     "MODELS",
     "PretrainingSplit",

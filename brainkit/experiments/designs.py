@@ -1,297 +1,164 @@
-"""The paper's experimental designs as ready functions.
+"""The paper's experimental designs: each one plans the training runs it needs, then evaluates
+them.
 
-- :func:`pretraining_split`: per-dataset test sets and the healthy training pools.
-- :func:`single_vs_merge` (Table 3): each loss trained on each dataset alone ("single") and on
-  the merged healthy pool ("merge"), tested on each dataset's held-out subjects, plus the OpenBHB
-  challenge metrics.
-- :func:`scaling_sweep` (Fig. 1): nested, subject-level subsets of the merged pool; external MAE
-  and site balanced accuracy against training size.
-- :func:`challenge_metrics`: the OpenBHB challenge protocol on a run's embeddings.
-- :func:`downstream_transfer` (Table 4, Fig. 3): fine-tune OpenBHB-pretrained encoders for HC
-  vs AD within and across datasets.
+A design (:class:`Design`) is two steps, so that whoever trains the runs (the ready-made
+functions below, a sweep on a cluster) trains exactly what the design evaluates:
 
-All training goes through :func:`~brainkit.experiments.pipeline.train_encoder`, so runs shared
-by several designs (the largest scaling size *is* the merged run) are trained once.
+- :meth:`Design.plan` ``(cohort, loss, seed, params, profile) -> [RunSpec]``: the training
+  runs (loss, training images, seed), from the cohort's splits alone;
+- :meth:`Design.evaluate` ``(cohort, runs, ...) -> Evaluation``: the tables and headline
+  metrics, from the planned runs paired with their trained :class:`Run` (read from the store)
+  and cached probes; it trains no encoder.
+
+:data:`DESIGNS` holds the five designs by name: ``cross_validate`` (the paper's pipeline on
+any cohort), ``scaling`` (Fig. 1), ``single_vs_merge`` (Table 3), ``heldout_gaps`` (Fig. 2)
+and ``downstream`` (Table 4, Fig. 3). :func:`run_design` is plan -> train -> evaluate; the
+ready-made functions (:func:`cross_validate`, :func:`scaling_sweep`, :func:`single_vs_merge`,
+:func:`heldout_gaps`, :func:`downstream_transfer` and the book's variants) run it for each
+loss and seed and stack the tables. Runs shared by several designs (the largest scaling size
+*is* the merged run) are trained once: the store keys them by their configuration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..data.splits import check_no_leakage, subject_kfold, subject_subset
-from .pipeline import BASELINE, run_embeddings, run_predictions, train_encoder
+from ..data.splits import check_no_leakage, subject_kfold
+from .challenge import challenge_metrics, challenge_predictions
+from .cohorts import pretraining_split, scaling_subsets
+from .pipeline import BASELINE, Run, run_predictions, train_config, train_encoder
 from .profiles import Profile, get_profile
-from .store import ResultsStore, RunOutput, default_store
+from .store import ResultsStore, RunOutput, config_key, default_store
 
 __all__ = [
-    "default_cohort",
-    "synthetic_cohort",
-    "PretrainingSplit",
-    "pretraining_split",
-    "challenge_metrics",
-    "challenge_predictions",
+    "RunSpec",
+    "Evaluation",
+    "Design",
+    "DESIGNS",
+    "run_design",
+    "cross_validate",
     "single_vs_merge",
     "single_vs_merge_predictions",
     "scaling_sweep",
     "scaling_predictions",
-    "scaling_subsets",
     "book_scaling",
-    "downstream_transfer",
     "heldout_gaps",
+    "downstream_transfer",
 ]
 
 
-def default_cohort(profile: str | Profile | None = None, *, store: ResultsStore | None = None):
-    """The cohort the book analyses.
-
-    ``BRAINKIT_COHORT`` names a saved cohort (e.g. real data imported with
-    ``brainkit cohort import``); otherwise the merged synthetic cohort of the profile
-    (``profile.cohort_sizes`` on ``profile.grid_mm``, seed 0), generated once and kept in the
-    store's ``cohorts/`` folder (keyed by the sizes, the grid and the generator's source), so
-    every chapter memory-maps the same images instead of generating them again.
-    """
-    import os
-
-    from ..data import Cohort
-
-    path = os.environ.get("BRAINKIT_COHORT")
-    if path:
-        return Cohort.load(path)
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    return synthetic_cohort(profile.cohort_sizes, grid_mm=profile.grid_mm, seed=0,
-                            cache=store.root / "cohorts")
-
-
-def synthetic_cohort(sizes: Mapping[str, int], *, grid_mm: float, seed: int = 0, cache=None):
-    """:func:`brainkit.data.make_merged`, saved under ``cache`` and loaded from there next time.
-
-    The cache folder's name holds a digest of the arguments and of the generator (its source,
-    its preset summaries and the nilearn version whose template it resamples), so a change to
-    any of them makes a new cohort. Two processes may race to fill it: the first to finish
-    publishes its folder (an atomic rename), the other's copy is discarded.
-    """
-    import hashlib
-    import importlib.metadata
-    import shutil
-    import tempfile
-    from importlib import resources
-    from pathlib import Path
-
-    from ..data import Cohort, make_merged
-
-    if cache is None:
-        return make_merged(sizes, grid_mm=grid_mm, seed=seed)
-    package = resources.files("brainkit.data")
-    h = hashlib.sha256(repr((sorted(sizes.items()), float(grid_mm), int(seed))).encode())
-    for name in ("synthetic.py", "_synthetic_presets.json"):
-        h.update(package.joinpath(name).read_bytes())
-    h.update(importlib.metadata.version("nilearn").encode())
-    cache = Path(cache)
-    folder = cache / f"synthetic-{h.hexdigest()[:16]}"
-    if (folder / "cohort.json").is_file():
-        return Cohort.load(folder)
-    cohort = make_merged(sizes, grid_mm=grid_mm, seed=seed)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=cache))
-    try:
-        cohort.save(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:          # another process published it first
-            if not (folder / "cohort.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return Cohort.load(folder)
-
-
+# ---------------------------------------------------------------------------- the protocol
 @dataclass(frozen=True)
-class PretrainingSplit:
-    """Healthy training pools and test sets per dataset (positions in the cohort).
+class RunSpec:
+    """One training run a design needs: a loss trained on some images with a seed.
 
     Attributes
     ----------
-    pools : dict of str to ndarray
-        Healthy images each dataset contributes to pre-training.
-    tests : dict of str to ndarray
-        Held-out healthy images of each dataset (for OpenBHB: the internal test set).
-    external : ndarray
-        OpenBHB external-site test images (empty when the cohort has no ``split`` column).
+    loss : str
+        A loss of :data:`~brainkit.experiments.LOSSES` or the voxel baseline ``"ridge"``.
+    indices : tuple of int
+        Training positions in the cohort, sorted.
+    seed : int
     """
 
-    pools: dict
-    tests: dict
-    external: np.ndarray
+    loss: str
+    indices: tuple
+    seed: int
+
+    @classmethod
+    def of(cls, loss: str, indices, seed: int) -> RunSpec:
+        return cls(loss, tuple(int(i) for i in np.sort(np.asarray(indices, dtype=np.int64))),
+                   int(seed))
 
     @property
-    def merged(self) -> np.ndarray:
-        return np.sort(np.concatenate(list(self.pools.values())))
+    def n_train(self) -> int:
+        return len(self.indices)
+
+    def key(self, cohort, profile: Profile) -> str:
+        """The run's results-store key."""
+        return config_key(train_config(cohort, self.loss, np.asarray(self.indices),
+                                       profile=profile, seed=self.seed))
+
+    def train(self, cohort, *, profile: Profile, store: ResultsStore, device=None,
+              progress: bool = False) -> Run:
+        """Train (or load) the run (:func:`~brainkit.experiments.pipeline.train_encoder`)."""
+        return train_encoder(cohort, self.loss, np.asarray(self.indices), profile=profile,
+                             seed=self.seed, store=store, device=device, progress=progress)
 
 
-def pretraining_split(cohort, *, pool_sizes: Mapping[str, int] | None = None,
-                      test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
-    """Split each dataset's healthy controls into a training pool and test sets.
+@dataclass
+class Evaluation:
+    """What a design's evaluation returns: named tables and headline numbers."""
+
+    tables: dict
+    headline: dict = field(default_factory=dict)
+
+
+class Design:
+    """A design of the paper: its parameters, the runs it plans, how it evaluates them."""
+
+    #: The name sweeps and grid files use.
+    name: str = ""
+    #: Parameter -> profile attribute (or a constant) giving its default.
+    defaults: Mapping = {}
+
+    def resolve(self, params: Mapping | None, profile: Profile) -> dict:
+        """``params`` with every missing parameter set to its default for ``profile``."""
+        out = dict(params or {})
+        for key, default in self.defaults.items():
+            if key not in out:
+                out[key] = getattr(profile, default[1:]) if isinstance(default, str) \
+                    and default.startswith("@") else default
+        unknown = sorted(set(out) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"design {self.name!r} takes no parameter(s) {unknown}; it takes "
+                             f"{sorted(self.defaults)}")
+        return out
+
+    def plan(self, cohort, loss: str, seed: int, params: Mapping,
+             profile: Profile) -> list[RunSpec]:
+        raise NotImplementedError
+
+    def evaluate(self, cohort, runs: Sequence[tuple[RunSpec, Run]], loss: str, seed: int,
+                 params: Mapping, profile: Profile, store: ResultsStore,
+                 device=None) -> Evaluation:
+        raise NotImplementedError
+
+
+def run_design(design: str | Design, cohort, loss: str, *, seed: int = 0,
+               params: Mapping | None = None, profile: str | Profile | None = None,
+               store: ResultsStore | None = None, device: str | None = None,
+               progress: bool = False) -> Evaluation:
+    """Plan a design, train (or load) its runs, evaluate them.
 
     Parameters
     ----------
+    design : str or Design
+        A name of :data:`DESIGNS` or a design object.
     cohort : brainkit.data.Cohort
-    pool_sizes : mapping of str to int, optional
-        Images each dataset contributes to pre-training ("train small, test big"): whole
-        subjects are drawn, stratified by site (OpenBHB) or by age, until the size is reached;
-        every other healthy image of the dataset is a test image. A dataset not named here,
-        one whose pool would leave less than ``1 / test_folds`` of its images for testing,
-        or ``None``: one subject-level, age-stratified fold (``1 / test_folds`` of its
-        subjects) is held out.
-    test_folds : int, default 5
+    loss : str
     seed : int, default 0
-        Seeds the draw (the designs keep it fixed while training seeds vary).
-
-    A dataset whose rows carry the OpenBHB test splits keeps its official sites: the pool is
-    drawn from ``train`` rows (all of them without a pool size), the test set holds the
-    seen-site images that are not in the pool (``internal_test`` plus the undrawn ``train``
-    rows of sites in the pool), and ``external_test`` is the external set.
-    """
-    table = cohort.table
-    hc = table["diagnosis"].to_numpy() == "HC"
-    site = table["site"].astype(str).to_numpy()
-    split = table["split"].astype(str).to_numpy() if "split" in table else None
-    sizes = dict(pool_sizes or {})
-    pools, tests, external = {}, {}, []
-    for dataset in sorted(table["dataset"].unique()):
-        rows = np.flatnonzero(hc & (table["dataset"].to_numpy() == dataset))
-        size = sizes.get(dataset)
-        if split is not None and np.isin(split[rows], ("internal_test", "external_test")).any():
-            train = rows[split[rows] == "train"]
-            pool = train if size is None else subject_subset(table, train, size, seed=seed,
-                                                             strata=site)
-            seen = np.isin(site[rows], site[pool]) & (split[rows] != "external_test")
-            pools[dataset] = pool
-            tests[dataset] = np.setdiff1d(rows[seen], pool)
-            external.append(rows[split[rows] == "external_test"])
-        elif size is not None and size <= len(rows) * (1 - 1 / test_folds):
-            pools[dataset] = subject_subset(table, rows, size, seed=seed)
-            tests[dataset] = np.setdiff1d(rows, pools[dataset])
-        else:
-            train, test = subject_kfold(table, test_folds, seed=seed, indices=rows)[0]
-            pools[dataset], tests[dataset] = np.sort(train), np.sort(test)
-        check_no_leakage(table, pools[dataset], tests[dataset])
-    ext = np.sort(np.concatenate(external)) if external else np.array([], dtype=np.int64)
-    return PretrainingSplit(pools=pools, tests=tests, external=ext)
-
-
-def challenge_metrics(run, cohort, split: PretrainingSplit, *, dataset: str = "openbhb",
-                      store: ResultsStore | None = None) -> dict:
-    """OpenBHB challenge metrics of a run: probes fitted on the OpenBHB training pool.
-
-    With a ``store``, the metrics and the per-image predictions
-    (:func:`challenge_predictions`) are cached there as a run of kind ``"probe"`` (keyed by
-    the trained run, the images of the three sets, the probe protocol and the scikit-learn
-    version), so a second call, e.g. another chapter or a rebuild of the book, only reads
-    them: the site probe's cross-validated saga fits are the slow part.
-    """
-    metrics, _ = _challenge_cached(run, cohort, split, dataset, store)
-    return metrics
-
-
-def challenge_predictions(run, cohort, split: PretrainingSplit, *, dataset: str = "openbhb",
-                          store: ResultsStore | None = None) -> pd.DataFrame:
-    """The challenge's per-image predictions of a run (what its metrics are computed from).
+    params : mapping, optional
+        The design's parameters (see each design); missing ones take the profile's default.
+    profile, store, device, progress
+        As :func:`~brainkit.experiments.pipeline.train_encoder`.
 
     Returns
     -------
-    pandas.DataFrame
-        One row per internal and external test image: ``image_id``, ``subject_id``,
-        ``set`` (``"internal"`` / ``"external"``), ``age``, ``age_pred``, ``site`` and
-        ``site_pred`` (the site probe's prediction; internal images only).
+    Evaluation
     """
-    _, predictions = _challenge_cached(run, cohort, split, dataset, store)
-    return predictions
-
-
-def _challenge_sets(cohort, split: PretrainingSplit, dataset: str):
-    if dataset not in split.pools or split.external.size == 0:
-        raise ValueError(f"the cohort has no {dataset!r} dataset with an official split "
-                         "(train / internal_test / external_test)")
-    site = cohort.table["site"].to_numpy()
-    tr, te, ex = split.pools[dataset], split.tests[dataset], split.external
-    # Small cohorts can leave an internal-test site without training images; the challenge
-    # defines the internal set as seen sites, so such images are left out.
-    return tr, te[np.isin(site[te], site[tr])], ex
-
-
-def _challenge_cached(run, cohort, split, dataset, store) -> tuple[dict, pd.DataFrame]:
-    tr, te, ex = _challenge_sets(cohort, split, dataset)
-    if store is None:
-        return _challenge(run, cohort, tr, te, ex)
-
-    import hashlib
-
-    import sklearn
-
-    from ..eval.probes import AGE_ALPHAS, SITE_CS
-
-    ids = cohort.table["image_id"].astype(str).to_numpy()
-    images = hashlib.sha256("\n".join(
-        "\t".join(ids[part]) for part in (tr, te, ex)).encode()).hexdigest()[:16]
-    config = {"kind": "probe", "probe": "openbhb_challenge", "pretrained": run.key,
-              "dataset": dataset, "images": images, "n_train": int(len(tr)),
-              "protocol": {"cv": 5, "alphas": AGE_ALPHAS.tolist(), "Cs": SITE_CS.tolist(),
-                           "random_state": 0},
-              "outputs": ["metrics", "predictions"],
-              "sklearn": sklearn.__version__}
-
-    def compute(_work) -> RunOutput:
-        metrics, predictions = _challenge(run, cohort, tr, te, ex)
-        return RunOutput(tables={"metrics": pd.DataFrame([metrics]),
-                                 "predictions": predictions},
-                         info={"headline": metrics})
-
-    cached = store.get_or_compute(config, compute)
-    metrics = {k: float(v) for k, v in cached.table("metrics").iloc[0].items()}
-    return metrics, cached.table("predictions")
-
-
-def _challenge(run, cohort, tr, te, ex) -> tuple[dict, pd.DataFrame]:
-    import warnings
-
-    from ..eval import challenge_score, mae, openbhb_challenge
-
-    z = run_embeddings(run, cohort)
-    table = cohort.table
-    age = table["age"].to_numpy(dtype=float)
-    site = table["site"].astype(str).to_numpy()
-    with warnings.catch_warnings():
-        # Small cohorts have sites with one or two training images: sklearn warns about the
-        # stratification and about test sites the probe never predicts. Expected here.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
-        res = openbhb_challenge((z[tr], age[tr], site[tr]), (z[te], age[te], site[te]),
-                                (z[ex], age[ex]))
-    rows = np.concatenate([te, ex])
-    pred = res.age_probe.predict(z[rows])
-    if run.config["loss"] == BASELINE:
-        # The voxel baseline's age readout is the ridge on all masked voxels (its
-        # "embedding", principal components of the voxels, serves the site probe).
-        pred = run_predictions(run, cohort, tr)[rows]
-    site_pred = np.full(len(rows), None, dtype=object)
-    site_pred[:len(te)] = res.site_probe.predict(z[te])
-    predictions = pd.DataFrame({
-        "image_id": table["image_id"].to_numpy()[rows],
-        "subject_id": table["subject_id"].astype(str).to_numpy()[rows],
-        "set": ["internal"] * len(te) + ["external"] * len(ex),
-        "age": age[rows], "age_pred": pred, "site": site[rows], "site_pred": site_pred})
-    internal = predictions["set"] == "internal"
-    mae_int = mae(age[te], pred[internal.to_numpy()])
-    mae_ext = mae(age[ex], pred[~internal.to_numpy()])
-    metrics = {"bacc": res.bacc, "mae_int": mae_int, "mae_ext": mae_ext,
-               "score": challenge_score(res.bacc, mae_ext), "bacc_chance": res.bacc_chance,
-               "n_internal": float(len(te)), "n_external": float(len(ex)),
-               "n_sites": float(len(np.unique(site[te])))}
-    return metrics, predictions
+    design = DESIGNS[design] if isinstance(design, str) else design
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    params = design.resolve(params, profile)
+    specs = design.plan(cohort, loss, seed, params, profile)
+    runs = [(s, s.train(cohort, profile=profile, store=store, device=device,
+                        progress=progress)) for s in specs]
+    return design.evaluate(cohort, runs, loss, seed, params, profile, store, device)
 
 
 def _age_metrics(age, pred) -> dict:
@@ -300,19 +167,354 @@ def _age_metrics(age, pred) -> dict:
     return {"mae": mae(age, pred), "r2": r2(age, pred), "r": pearson_r(age, pred)}
 
 
-def _table3_runs(cohort, losses, *, profile, seeds, store, device, single_datasets):
-    """(loss, seed, scheme, dataset, run, pool) for every Table 3 model, singles first."""
-    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
-    for loss in losses:
-        for seed in _seed_list(0, seeds, loss):
-            for dataset, pool in split.pools.items():
-                if single_datasets is None or dataset in single_datasets:
-                    run = train_encoder(cohort, loss, pool, profile=profile, seed=seed,
-                                        store=store, device=device)
-                    yield loss, seed, "single", dataset, run, pool, split
-            run = train_encoder(cohort, loss, split.merged, profile=profile, seed=seed,
-                                store=store, device=device)
-            yield loss, seed, "merge", None, run, split.merged, split
+def _gap_headline(frame: pd.DataFrame) -> dict:
+    means = frame.groupby("diagnosis")["bag_corrected"].mean()
+    return {f"bag_{dx}": float(v) for dx, v in means.items()}
+
+
+def _per_group(frame: pd.DataFrame) -> pd.DataFrame:
+    from ..eval import mae
+
+    rows = []
+    for (dataset, dx), g in frame.groupby(["dataset", "diagnosis"], sort=True):
+        rows.append({"dataset": dataset, "diagnosis": dx, "n": len(g),
+                     "mae": mae(g["age"], g["age_pred"]), "bag": float(g["bag"].mean()),
+                     "bag_corrected": float(g["bag_corrected"].mean())})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- the designs
+class CrossValidate(Design):
+    """The paper's brain-age pipeline on any cohort (see :func:`cross_validate`)."""
+
+    name = "cross_validate"
+    defaults = {"folds": "@folds", "correction": "beheshti"}
+
+    def _splits(self, cohort, seed, params):
+        table = cohort.table
+        hc = np.flatnonzero(table["diagnosis"].to_numpy() == "HC")
+        splits = subject_kfold(table, params["folds"], seed=seed, indices=hc)
+        for train, test in splits:
+            check_no_leakage(table, train, test)
+        return splits
+
+    def plan(self, cohort, loss, seed, params, profile):
+        return [RunSpec.of(loss, train, seed) for train, _ in self._splits(cohort, seed, params)]
+
+    def evaluate(self, cohort, runs, loss, seed, params, profile, store, device=None):
+        from ..eval import crossfit_correct, mae, pearson_r
+
+        table = cohort.table
+        other = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
+        age = table["age"].to_numpy(dtype=float)
+        pred = np.full(len(table), np.nan)
+        fold_of = np.full(len(table), -1, dtype=int)
+        other_preds = []
+        for k, ((train, test), (_, run)) in enumerate(zip(self._splits(cohort, seed, params),
+                                                           runs)):
+            p = run_predictions(run, cohort, train)
+            pred[test] = p[test]
+            fold_of[test] = k
+            if other.size:
+                other_preds.append(p[other])
+        if other.size:
+            pred[other] = np.mean(other_preds, axis=0)
+        corrected = crossfit_correct(age, pred, fold_of, method=params["correction"])
+        out = table.copy()
+        out["loss"] = loss
+        out["age_pred"] = pred
+        out["fold"] = fold_of
+        out["bag"] = pred - age
+        out["bag_corrected"] = corrected - age
+        hc = out[out["diagnosis"] == "HC"]
+        headline = {"mae": mae(hc["age"], hc["age_pred"]),
+                    "r": pearson_r(hc["age"], hc["age_pred"]), **_gap_headline(out)}
+        return Evaluation({"predictions": out, "metrics": _per_group(out)}, headline)
+
+
+class Scaling(Design):
+    """Fig. 1: nested subsets of the merged pool, each with the OpenBHB challenge."""
+
+    name = "scaling"
+    defaults = {"train_sizes": "@train_sizes"}
+
+    def plan(self, cohort, loss, seed, params, profile):
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        if split.external.size == 0 or "openbhb" not in split.pools:
+            raise ValueError("the scaling design needs an OpenBHB-like dataset with the "
+                             "official split (train / internal_test / external_test) for the "
+                             "challenge metrics")
+        subsets = scaling_subsets(cohort, split, list(params["train_sizes"]))
+        return [RunSpec.of(loss, s, seed) for s in subsets]
+
+    def evaluate(self, cohort, runs, loss, seed, params, profile, store, device=None):
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        table = cohort.table
+        rows, frames = [], []
+        for spec, run in runs:
+            subset = np.asarray(spec.indices)
+            about = {"loss": loss, "n_train": len(subset), "seed": seed,
+                     "n_sites": table["site"].iloc[subset].nunique(),
+                     "n_datasets": table["dataset"].iloc[subset].nunique()}
+            rows.append({**about, **challenge_metrics(run, cohort, split, store=store)})
+            frames.append(challenge_predictions(run, cohort, split, store=store).assign(**about))
+        metrics = pd.DataFrame(rows)
+        last = metrics.loc[metrics["n_train"].idxmax()]
+        headline = {k: float(last[k]) for k in ("mae_int", "mae_ext", "bacc", "score")}
+        preds = pd.concat(frames, ignore_index=True)
+        front = ["loss", "n_train", "seed", "n_sites", "n_datasets"]
+        preds = preds[front + [c for c in preds.columns if c not in front]]
+        return Evaluation({"metrics": metrics, "predictions": preds}, headline)
+
+
+class SingleVsMerge(Design):
+    """Table 3: each dataset alone ("single") vs the merged healthy pool ("merge")."""
+
+    name = "single_vs_merge"
+    defaults = {"single_datasets": None}
+
+    def _pools(self, cohort, params, profile):
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        chosen = params.get("single_datasets")
+        if chosen is not None:
+            missing = sorted(set(chosen) - set(split.pools))
+            if missing:
+                raise ValueError(f"single_datasets: {missing} not in the cohort's datasets "
+                                 f"{sorted(split.pools)}")
+        singles = [(name, pool) for name, pool in split.pools.items()
+                   if chosen is None or name in chosen]
+        return split, singles
+
+    def plan(self, cohort, loss, seed, params, profile):
+        split, singles = self._pools(cohort, params, profile)
+        return [RunSpec.of(loss, pool, seed) for _, pool in singles] + \
+            [RunSpec.of(loss, split.merged, seed)]
+
+    def evaluate(self, cohort, runs, loss, seed, params, profile, store, device=None):
+        split, singles = self._pools(cohort, params, profile)
+        table = cohort.table
+        age = table["age"].to_numpy(dtype=float)
+        rows, frames = [], []
+        models = [("single", name, pool) for name, pool in singles] + \
+            [("merge", None, split.merged)]
+        for (scheme, dataset, pool), (_, run) in zip(models, runs):
+            pred = run_predictions(run, cohort, pool)
+            for name in ([dataset] if scheme == "single" else list(split.tests)):
+                test = split.tests[name]
+                rows.append({"loss": loss, "scheme": scheme, "dataset": name, "seed": seed,
+                             "n_train": len(pool), "n_test": len(test),
+                             **_age_metrics(age[test], pred[test])})
+                frames.append(pd.DataFrame({
+                    "loss": loss, "scheme": scheme, "dataset": name, "seed": seed,
+                    "n_train": len(pool), "image_id": table["image_id"].to_numpy()[test],
+                    "subject_id": table["subject_id"].astype(str).to_numpy()[test],
+                    "age": age[test], "age_pred": pred[test]}))
+            if split.external.size and (scheme == "merge" or dataset == "openbhb"):
+                rows.append({"loss": loss, "scheme": scheme, "dataset": "challenge",
+                             "seed": seed, "n_train": len(pool),
+                             **challenge_metrics(run, cohort, split, store=store)})
+        metrics = pd.DataFrame(rows)
+        metrics["_scheme"] = (metrics["scheme"] == "merge").astype(int)
+        metrics = metrics.sort_values(["dataset", "_scheme"], kind="stable",
+                                      ignore_index=True).drop(columns="_scheme")
+        ages = metrics[metrics["dataset"] != "challenge"]
+        headline = {f"mae_{scheme}": float(g["mae"].mean())
+                    for scheme, g in ages.groupby("scheme")}
+        challenge = metrics[(metrics["dataset"] == "challenge") & (metrics["scheme"] == "merge")]
+        if len(challenge):
+            headline.update(bacc=float(challenge["bacc"].iloc[0]),
+                            score=float(challenge["score"].iloc[0]))
+        return Evaluation({"metrics": metrics,
+                           "predictions": pd.concat(frames, ignore_index=True)}, headline)
+
+
+class HeldoutGaps(Design):
+    """Fig. 2: gaps of held-out healthy controls and of every patient (merged-pool model)."""
+
+    name = "heldout_gaps"
+    defaults = {"correction": "beheshti"}
+
+    def plan(self, cohort, loss, seed, params, profile):
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        return [RunSpec.of(loss, split.merged, seed)]
+
+    def evaluate(self, cohort, runs, loss, seed, params, profile, store, device=None):
+        from ..eval import crossfit_correct, mae
+
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        table = cohort.table
+        age = table["age"].to_numpy(dtype=float)
+        healthy = np.sort(np.concatenate(list(split.tests.values())))
+        patients = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
+        rows = np.sort(np.concatenate([healthy, patients]))
+        folds = np.full(len(table), -1)
+        for k, (_, half) in enumerate(subject_kfold(table, 2, seed=0, indices=healthy)):
+            folds[half] = k
+        pred = run_predictions(runs[0][1], cohort, split.merged)
+        corrected = crossfit_correct(age[rows], pred[rows], folds[rows],
+                                     method=params["correction"])
+        out = table.iloc[rows].copy()
+        out["loss"] = loss
+        out["seed"] = seed
+        out["age_pred"] = pred[rows]
+        out["bag"] = pred[rows] - age[rows]
+        out["bag_corrected"] = corrected - age[rows]
+        hc = out[out["diagnosis"] == "HC"]
+        headline = {"mae": mae(hc["age"], hc["age_pred"]), **_gap_headline(out)}
+        return Evaluation({"gaps": out, "metrics": _per_group(out)}, headline)
+
+
+class Downstream(Design):
+    """Table 4, Fig. 3: fine-tune an encoder pre-trained on one dataset for HC vs AD."""
+
+    name = "downstream"
+    defaults = {"datasets": ("adni", "oasis3"), "pretrain_dataset": "openbhb",
+                "folds": "@folds", "epochs": "@finetune_epochs", "lr": "@finetune_lr"}
+
+    def _data(self, cohort, params, profile):
+        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
+        if params["pretrain_dataset"] not in split.pools:
+            raise ValueError(f"pretrain_dataset: the cohort has no {params['pretrain_dataset']!r}"
+                             f" healthy controls to pretrain on (datasets: "
+                             f"{sorted(split.pools)})")
+        table = cohort.table
+        data = {}
+        for name in params["datasets"]:
+            rows = np.flatnonzero((table["dataset"].to_numpy() == name)
+                                  & table["diagnosis"].isin(["HC", "AD"]).to_numpy())
+            if rows.size == 0:
+                raise ValueError(f"datasets: the cohort has no HC/AD images of {name!r}")
+            data[name] = rows
+        return split, data
+
+    def plan(self, cohort, loss, seed, params, profile):
+        split, _ = self._data(cohort, params, profile)
+        if loss == BASELINE:
+            return []                 # the voxel baseline fits on the fine-tuning folds
+        return [RunSpec.of(loss, split.pools[params["pretrain_dataset"]], seed)]
+
+    def evaluate(self, cohort, runs, loss, seed, params, profile, store, device=None):
+        _, data = self._data(cohort, params, profile)
+        if loss == BASELINE:
+            result = _voxel_transfer(cohort, data, folds=params["folds"], seed=seed,
+                                     store=store)
+        else:
+            result = _finetune(cohort, runs[0][1], data, params, profile, seed, store, device)
+        scores = result["scores"].assign(loss=loss)
+        scores = scores[["loss", *[c for c in scores.columns if c != "loss"]]]
+        preds = result["predictions"].assign(loss=loss)
+        preds = preds[["loss", *[c for c in preds.columns if c != "loss"]]]
+        subject = dict(zip(cohort.table["image_id"], cohort.table["subject_id"].astype(str)))
+        preds["subject_id"] = preds["image_id"].map(subject)
+        within = scores["source"] == scores["target"]
+        headline = {"bacc_within": float(scores.loc[within, "balanced_accuracy"].mean())}
+        if (~within).any():
+            headline["bacc_across"] = float(scores.loc[~within, "balanced_accuracy"].mean())
+        return Evaluation({"scores": scores, "predictions": preds}, headline)
+
+
+def _finetune(cohort, run, data, params, profile, seed, store, device) -> dict:
+    """Fine-tune the run's encoder (:func:`brainkit.eval.transfer_matrix`), cached."""
+    import torch
+
+    from ..eval import transfer_matrix
+    from ..train import load_model
+
+    dev = device or profile.resolved_device()
+    table = cohort.table
+    config = {"kind": "finetune", "pretrained": run.key, "datasets": list(params["datasets"]),
+              "folds": params["folds"], "epochs": params["epochs"], "lr": params["lr"],
+              "batch_size": profile.batch_size, "seed": seed, "cohort": cohort.content_hash}
+
+    def compute(work_dir):
+        model = load_model(run.file("model"), device=dev)
+        torch.manual_seed(seed)
+        inputs = {name: (cohort.images(rows),
+                         (table["diagnosis"].to_numpy()[rows] == "AD").astype(int),
+                         table["subject_id"].to_numpy()[rows])
+                  for name, rows in data.items()}
+        result = transfer_matrix(model.encoder, inputs, epochs=params["epochs"],
+                                 lr=params["lr"], batch_size=profile.batch_size, device=dev,
+                                 seed=seed, n_splits=params["folds"])
+        predictions = result.predictions.copy()
+        for name, rows in data.items():  # positions in each dataset -> image ids
+            mask = predictions["target"] == name
+            predictions.loc[mask, "image_id"] = table["image_id"].to_numpy()[
+                rows[predictions.loc[mask, "index"].to_numpy(dtype=int)]]
+        return RunOutput(tables={"scores": result.table, "predictions": predictions})
+
+    out = store.get_or_compute(config, compute)
+    return {"scores": out.table("scores"), "predictions": out.table("predictions")}
+
+
+#: The designs by name.
+DESIGNS: dict[str, Design] = {d.name: d for d in (CrossValidate(), Scaling(), SingleVsMerge(),
+                                                    HeldoutGaps(), Downstream())}
+
+
+# ---------------------------------------------------------------------------- ready-made
+def _seed_list(seed: int, seeds, loss: str | None = None) -> list[int]:
+    """The training seeds of ``loss`` in a design: ``seeds`` (a list, or a mapping loss ->
+    list such as :meth:`Profile.seed_plan`), ``[seed]`` by default; the voxel ridge, which
+    is deterministic, takes only the first."""
+    if isinstance(seeds, Mapping):
+        seeds = seeds.get(loss, [seed])
+    out = [int(seed)] if seeds is None else [int(s) for s in seeds]
+    if not out or any(s < 0 for s in out):
+        raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
+    return out[:1] if loss == BASELINE else out
+
+
+def _stack(design: str, table: str, cohort, losses, *, seed, seeds, params, profile, store,
+           device, progress=False) -> pd.DataFrame:
+    """``run_design`` for every loss and seed; the named table of each, stacked."""
+    profile = get_profile(profile)
+    store = store if store is not None else default_store()
+    frames = [run_design(design, cohort, loss, seed=s, params=params, profile=profile,
+                         store=store, device=device, progress=progress).tables[table]
+              for loss in losses for s in _seed_list(seed, seeds, loss)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _given(**params) -> dict:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def cross_validate(cohort, loss: str, *, folds: int | None = None,
+                   profile: str | Profile | None = None, seed: int = 0,
+                   store: ResultsStore | None = None, correction: str = "beheshti",
+                   device: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """The paper's brain-age pipeline on any cohort (the ``cross_validate`` design).
+
+    Subject-level, age-stratified folds over healthy controls (HC); one model trained per fold
+    on the other folds' HC images; age from the embeddings by the ridge probe (or the
+    regression head for L1). Every HC image gets an out-of-fold prediction; every non-HC image
+    gets the mean of the fold models' predictions (models trained on HC only). The bias
+    correction (:func:`brainkit.eval.crossfit_correct`) of a fold's test images is fitted on
+    the *other* folds' out-of-fold HC predictions, and for non-HC images on all out-of-fold HC
+    predictions: it never sees the images it corrects.
+
+    Parameters
+    ----------
+    cohort : brainkit.data.Cohort
+        Needs at least ``folds`` healthy subjects.
+    loss : {"ridge", "l1", "yaware", "threshold", "exp", "rnc", "adapn"}
+    folds : int, optional
+        Default: the profile's (5 in the paper).
+    profile, seed, store, device, progress
+        As :func:`~brainkit.experiments.pipeline.train_encoder`; ``seed`` also draws the folds.
+    correction : {"beheshti", "cole"}, default "beheshti"
+
+    Returns
+    -------
+    pandas.DataFrame
+        The cohort table plus ``loss``, ``age_pred``, ``fold`` (test fold of an HC image; -1
+        for non-HC images, predicted by every fold's model), ``bag`` (= age_pred - age) and
+        ``bag_corrected``.
+    """
+    return run_design("cross_validate", cohort, loss, seed=seed,
+                      params=_given(folds=folds, correction=correction), profile=profile,
+                      store=store, device=device, progress=progress).tables["predictions"]
 
 
 def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | None = None,
@@ -322,8 +524,8 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
     """Table 3: "single" (trained and tested on each dataset) vs "merge" (trained on all).
 
     ``single_datasets`` limits the "single" runs to some datasets (default: all); the
-    challenge rows need ``"openbhb"`` among them. ``seeds`` (default ``[seed]``) trains every
-    model once per seed.
+    challenge rows need ``"openbhb"`` among them. ``seeds`` (default ``[seed]``; a list or a
+    mapping loss -> list) trains every model once per seed.
 
     Returns
     -------
@@ -333,31 +535,9 @@ def single_vs_merge(cohort, losses: Sequence[str], *, profile: str | Profile | N
         (``bacc``, ``mae_int``, ``mae_ext``, ``score``) of the OpenBHB-trained ("single")
         and merged models.
     """
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    age = cohort.table["age"].to_numpy(dtype=float)
-    rows = []
-    for loss, s, scheme, dataset, run, pool, split in _table3_runs(
-            cohort, losses, profile=profile, seeds=seeds if seeds is not None else [seed],
-            store=store, device=device, single_datasets=single_datasets):
-        pred = run_predictions(run, cohort, pool)
-        for name in ([dataset] if scheme == "single" else list(split.tests)):
-            test = split.tests[name]
-            rows.append({"loss": loss, "scheme": scheme, "dataset": name, "seed": s,
-                         "n_train": len(pool), "n_test": len(test),
-                         **_age_metrics(age[test], pred[test])})
-        if split.external.size and (scheme == "merge" or dataset == "openbhb"):
-            rows.append({"loss": loss, "scheme": scheme, "dataset": "challenge", "seed": s,
-                         "n_train": len(pool),
-                         **challenge_metrics(run, cohort, split, store=store)})
-    out = pd.DataFrame(rows)
-    if out.empty:
-        return out
-    # grouped per dataset, "single" before "merge", in the losses' order
-    out["_loss"] = out["loss"].map({name: i for i, name in enumerate(losses)})
-    out["_scheme"] = (out["scheme"] == "merge").astype(int)
-    return out.sort_values(["_loss", "seed", "dataset", "_scheme"], kind="stable",
-                           ignore_index=True).drop(columns=["_loss", "_scheme"])
+    return _stack("single_vs_merge", "metrics", cohort, losses, seed=seed, seeds=seeds,
+                  params=_given(single_datasets=single_datasets), profile=profile,
+                  store=store, device=device)
 
 
 def single_vs_merge_predictions(cohort, losses: Sequence[str], *,
@@ -373,102 +553,20 @@ def single_vs_merge_predictions(cohort, losses: Sequence[str], *,
         One row per (loss, scheme, seed, test image): ``loss``, ``scheme``, ``dataset``,
         ``seed``, ``n_train``, ``image_id``, ``subject_id``, ``age``, ``age_pred``.
     """
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    table = cohort.table
-    age = table["age"].to_numpy(dtype=float)
-    frames = []
-    for loss, s, scheme, dataset, run, pool, split in _table3_runs(
-            cohort, losses, profile=profile, seeds=seeds if seeds is not None else [seed],
-            store=store, device=device, single_datasets=single_datasets):
-        pred = run_predictions(run, cohort, pool)
-        for name in ([dataset] if scheme == "single" else list(split.tests)):
-            test = split.tests[name]
-            frames.append(pd.DataFrame({
-                "loss": loss, "scheme": scheme, "dataset": name, "seed": s,
-                "n_train": len(pool), "image_id": table["image_id"].to_numpy()[test],
-                "subject_id": table["subject_id"].astype(str).to_numpy()[test],
-                "age": age[test], "age_pred": pred[test]}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def nested_subsets(cohort, pool, sizes: Sequence[int], *, seed: int = 0,
-                   first=None) -> list[np.ndarray]:
-    """Nested, subject-level subsets of ``pool`` with (about) ``sizes`` images each.
-
-    Subjects are shuffled once with ``seed`` and taken in that order until the size is reached,
-    so every subset contains the smaller ones and no subject is split. Subjects of the rows
-    in ``first`` (e.g. one dataset's pool) come before all others, so a size equal to
-    ``len(first)`` gives exactly those rows.
-    """
-    pool = np.sort(np.asarray(pool, dtype=np.int64))
-    subjects = cohort.table["subject_id"].to_numpy()[pool]
-    order = np.random.default_rng(seed).permutation(np.unique(subjects))
-    if first is not None:
-        early = set(cohort.table["subject_id"].to_numpy()[np.asarray(first, dtype=np.int64)])
-        order = np.concatenate([[s for s in order if s in early],
-                                [s for s in order if s not in early]])
-    rank = {s: i for i, s in enumerate(order)}
-    by_rank = pool[np.argsort([rank[s] for s in subjects], kind="stable")]
-    out = []
-    for n in sizes:
-        if not 2 <= n <= len(pool):
-            raise ValueError(f"training size {n} must be between 2 and the pool size {len(pool)}")
-        cut = n
-        while cut < len(by_rank) and subjects[np.searchsorted(pool, by_rank[cut])] == \
-                subjects[np.searchsorted(pool, by_rank[cut - 1])]:
-            cut += 1  # finish the last subject
-        out.append(np.sort(by_rank[:cut]))
-    return out
-
-
-def scaling_subsets(cohort, split: PretrainingSplit, sizes: Sequence[int], *,
-                    first: str = "openbhb") -> list[np.ndarray]:
-    """The training subsets of the scaling design: nested, subject-level, from the merged pool.
-
-    The whole pool is always the largest; ``first``'s pool (OpenBHB) fills the smallest
-    subsets first, so a size equal to that pool is the "single" OpenBHB run of
-    :func:`single_vs_merge` and the larger ones add the other datasets (more sites, more
-    datasets), as the paper's scaling does. The draw is fixed (seed 0): training seeds vary
-    the models, not the images.
-    """
-    pool = split.merged
-    sizes = sorted({min(int(n), len(pool)) for n in sizes} | {len(pool)})
-    return nested_subsets(cohort, pool, sizes, seed=0, first=split.pools.get(first))
-
-
-def _seed_list(seed: int, seeds, loss: str | None = None) -> list[int]:
-    """The training seeds of ``loss`` in a design: ``seeds`` (a list, or a mapping loss ->
-    list such as :meth:`Profile.seed_plan`), ``[seed]`` by default; the voxel ridge, which
-    is deterministic, takes only the first."""
-    if isinstance(seeds, Mapping):
-        seeds = seeds.get(loss, [seed])
-    out = [int(seed)] if seeds is None else [int(s) for s in seeds]
-    if not out or any(s < 0 for s in out):
-        raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
-    return out[:1] if loss == BASELINE else out
-
-
-def _scaling_runs(cohort, losses, train_sizes, *, profile, seeds, store, device):
-    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
-    subsets = scaling_subsets(cohort, split, list(train_sizes or profile.train_sizes))
-    for loss in losses:
-        for subset in subsets:
-            for seed in _seed_list(0, seeds, loss):
-                run = train_encoder(cohort, loss, subset, profile=profile, seed=seed,
-                                    store=store, device=device)
-                yield loss, subset, seed, run, split
+    return _stack("single_vs_merge", "predictions", cohort, losses, seed=seed, seeds=seeds,
+                  params=_given(single_datasets=single_datasets), profile=profile,
+                  store=store, device=device)
 
 
 def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None, *,
                   profile: str | Profile | None = None, seed: int = 0,
-                  seeds: Sequence[int] | Mapping | None = None, store: ResultsStore | None = None,
-                  device: str | None = None) -> pd.DataFrame:
+                  seeds: Sequence[int] | Mapping | None = None,
+                  store: ResultsStore | None = None, device: str | None = None) -> pd.DataFrame:
     """Fig. 1: train on nested subsets of the merged healthy pool and run the challenge.
 
-    The subsets are :func:`scaling_subsets`: the largest is the whole pool, so its runs are
-    the "merge" runs of :func:`single_vs_merge`. ``seeds`` (default ``[seed]``) trains each
-    subset once per seed.
+    The subsets are :func:`~brainkit.experiments.cohorts.scaling_subsets`: the largest is
+    the whole pool, so its runs are the "merge" runs of :func:`single_vs_merge`. ``seeds``
+    (default ``[seed]``) trains each subset once per seed.
 
     Returns
     -------
@@ -477,48 +575,27 @@ def scaling_sweep(cohort, losses: Sequence[str], train_sizes: Sequence[int] | No
         (diversity of the training subset), ``bacc``, ``mae_int``, ``mae_ext``, ``score``,
         ``bacc_chance``, ``n_internal``, ``n_external``.
     """
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    table = cohort.table
-    rows = []
-    for loss, subset, s, run, split in _scaling_runs(
-            cohort, losses, train_sizes, profile=profile,
-            seeds=seeds if seeds is not None else [seed],
-            store=store, device=device):
-        rows.append({"loss": loss, "n_train": len(subset), "seed": s,
-                     "n_sites": table["site"].iloc[subset].nunique(),
-                     "n_datasets": table["dataset"].iloc[subset].nunique(),
-                     **challenge_metrics(run, cohort, split, store=store)})
-    return pd.DataFrame(rows)
+    return _stack("scaling", "metrics", cohort, losses, seed=seed, seeds=seeds,
+                  params=_given(train_sizes=train_sizes), profile=profile, store=store,
+                  device=device)
 
 
 def scaling_predictions(cohort, losses: Sequence[str], train_sizes: Sequence[int] | None = None,
                         *, profile: str | Profile | None = None, seed: int = 0,
-                        seeds: Sequence[int] | Mapping | None = None, store: ResultsStore | None = None,
-                        device: str | None = None) -> pd.DataFrame:
+                        seeds: Sequence[int] | Mapping | None = None,
+                        store: ResultsStore | None = None, device: str | None = None
+                        ) -> pd.DataFrame:
     """The per-image predictions behind :func:`scaling_sweep` (same runs, read back).
 
     Returns
     -------
     pandas.DataFrame
-        :func:`challenge_predictions` of every run, with ``loss``, ``n_train``, ``seed``,
-        ``n_sites`` and ``n_datasets`` in front.
+        :func:`~brainkit.experiments.challenge.challenge_predictions` of every run, with
+        ``loss``, ``n_train``, ``seed``, ``n_sites`` and ``n_datasets`` in front.
     """
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    table = cohort.table
-    frames = []
-    for loss, subset, s, run, split in _scaling_runs(
-            cohort, losses, train_sizes, profile=profile,
-            seeds=seeds if seeds is not None else [seed],
-            store=store, device=device):
-        p = challenge_predictions(run, cohort, split, store=store)
-        frames.append(p.assign(loss=loss, n_train=len(subset), seed=s,
-                               n_sites=table["site"].iloc[subset].nunique(),
-                               n_datasets=table["dataset"].iloc[subset].nunique()))
-    out = pd.concat(frames, ignore_index=True)
-    front = ["loss", "n_train", "seed", "n_sites", "n_datasets"]
-    return out[front + [c for c in out.columns if c not in front]]
+    return _stack("scaling", "predictions", cohort, losses, seed=seed, seeds=seeds,
+                  params=_given(train_sizes=train_sizes), profile=profile, store=store,
+                  device=device)
 
 
 def book_scaling(cohort, *, profile: str | Profile | None = None,
@@ -560,37 +637,13 @@ def heldout_gaps(cohort, losses: Sequence[str], *, profile: str | Profile | None
         The cohort rows that were predicted, plus ``loss``, ``seed``, ``age_pred``, ``bag``
         and ``bag_corrected``.
     """
-    from ..eval import crossfit_correct
-
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
-    table = cohort.table
-    age = table["age"].to_numpy(dtype=float)
-    healthy = np.sort(np.concatenate(list(split.tests.values())))
-    patients = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
-    rows = np.sort(np.concatenate([healthy, patients]))
-    folds = np.full(len(table), -1)
-    for k, (_, half) in enumerate(subject_kfold(table, 2, seed=0, indices=healthy)):
-        folds[half] = k
-    frames = []
-    for loss in losses:
-        for s in _seed_list(seed, seeds, loss):
-            run = train_encoder(cohort, loss, split.merged, profile=profile, seed=s,
-                                store=store, device=device)
-            pred = run_predictions(run, cohort, split.merged)
-            corrected = crossfit_correct(age[rows], pred[rows], folds[rows], method=correction)
-            out = table.iloc[rows].copy()
-            out["loss"] = loss
-            out["seed"] = s
-            out["age_pred"] = pred[rows]
-            out["bag"] = pred[rows] - age[rows]
-            out["bag_corrected"] = corrected - age[rows]
-            frames.append(out)
-    return pd.concat(frames, ignore_index=True)
+    return _stack("heldout_gaps", "gaps", cohort, losses, seed=seed, seeds=seeds,
+                  params={"correction": correction}, profile=profile, store=store,
+                  device=device)
 
 
-def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str] = ("adni", "oasis3"),
+def downstream_transfer(cohort, losses: Sequence[str], *,
+                        datasets: Sequence[str] = ("adni", "oasis3"),
                         pretrain_dataset: str = "openbhb", profile: str | Profile | None = None,
                         seed: int = 0, store: ResultsStore | None = None,
                         device: str | None = None, folds: int | None = None,
@@ -611,69 +664,15 @@ def downstream_transfer(cohort, losses: Sequence[str], *, datasets: Sequence[str
         ``auc``, ``n_train``, ``n_test``; ``"predictions"``: every test prediction (loss,
         source, target, fold, index, image_id, y_true, prob, subject_id).
     """
-    import torch
-
-    from ..eval import transfer_matrix
-    from ..train import load_model
-
+    params = _given(datasets=tuple(datasets), pretrain_dataset=pretrain_dataset, folds=folds,
+                    epochs=epochs, lr=lr)
     profile = get_profile(profile)
     store = store if store is not None else default_store()
-    dev = device or profile.resolved_device()
-    folds = folds or profile.folds
-    epochs = epochs or profile.finetune_epochs
-    lr = lr or profile.finetune_lr
-    split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
-    if pretrain_dataset not in split.pools:
-        raise ValueError(f"the cohort has no {pretrain_dataset!r} healthy controls to pretrain on")
-    table = cohort.table
-    data = {}
-    for name in datasets:
-        rows = np.flatnonzero((table["dataset"].to_numpy() == name)
-                              & table["diagnosis"].isin(["HC", "AD"]).to_numpy())
-        if rows.size == 0:
-            raise ValueError(f"the cohort has no HC/AD images of dataset {name!r}")
-        data[name] = rows
-    scores, preds = [], []
-    for loss in losses:
-        if loss == BASELINE:
-            result = _voxel_transfer(cohort, data, folds=folds, seed=seed, store=store)
-            for key, frame in (("scores", scores), ("predictions", preds)):
-                frame.append(result[key].assign(loss=loss)[["loss", *result[key].columns]])
-            continue
-        run = train_encoder(cohort, loss, split.pools[pretrain_dataset], profile=profile,
-                            seed=seed, store=store, device=device)
-        config = {"kind": "finetune", "pretrained": run.key, "datasets": list(datasets),
-                  "folds": folds, "epochs": epochs, "lr": lr, "batch_size": profile.batch_size,
-                  "seed": seed, "cohort": cohort.content_hash}
-
-        def compute(work_dir, run=run, loss=loss):
-            model = load_model(run.file("model"), device=dev)
-            torch.manual_seed(seed)
-            inputs = {name: (cohort.images(rows),
-                             (table["diagnosis"].to_numpy()[rows] == "AD").astype(int),
-                             table["subject_id"].to_numpy()[rows])
-                      for name, rows in data.items()}
-            result = transfer_matrix(model.encoder, inputs, epochs=epochs, lr=lr,
-                                     batch_size=profile.batch_size, device=dev, seed=seed,
-                                     n_splits=folds)
-            predictions = result.predictions.copy()
-            for name, rows in data.items():  # positions in each dataset -> image ids
-                mask = predictions["target"] == name
-                predictions.loc[mask, "image_id"] = table["image_id"].to_numpy()[
-                    rows[predictions.loc[mask, "index"].to_numpy(dtype=int)]]
-            return RunOutput(tables={"scores": result.table, "predictions": predictions})
-
-        out = store.get_or_compute(config, compute)
-        s = out.table("scores")
-        s.insert(0, "loss", loss)
-        scores.append(s)
-        p = out.table("predictions")
-        p.insert(0, "loss", loss)
-        preds.append(p)
-    predictions = pd.concat(preds, ignore_index=True)
-    subject = dict(zip(table["image_id"], table["subject_id"].astype(str)))
-    predictions["subject_id"] = predictions["image_id"].map(subject)
-    return {"scores": pd.concat(scores, ignore_index=True), "predictions": predictions}
+    out = [run_design("downstream", cohort, loss, seed=seed, params=params, profile=profile,
+                      store=store, device=device) for loss in losses]
+    return {"scores": pd.concat([e.tables["scores"] for e in out], ignore_index=True),
+            "predictions": pd.concat([e.tables["predictions"] for e in out],
+                                     ignore_index=True)}
 
 
 def _voxel_transfer(cohort, data: dict, *, folds: int, seed: int, store) -> dict:

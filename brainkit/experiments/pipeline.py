@@ -1,12 +1,12 @@
-"""The brain-age pipeline of the paper, cached in a results store.
+"""One training run of the experiments, cached in a results store.
 
-- :func:`train_encoder`: one training run (a loss on some images of a cohort), cached by the
-  hash of everything that determines it; its embeddings (or, for L1, predicted ages) of every
-  image of the cohort are stored with it.
-- :func:`cross_validate`: subject-level, age-stratified K-fold over healthy controls; out-of-fold
-  predicted age for every healthy image, predictions for every other image from the models
-  trained on healthy controls, and the brain-age gap with a bias correction fitted on held-out
-  healthy predictions only.
+- :func:`train_encoder`: one run (a loss, or the voxel-ridge baseline, on some images of a
+  cohort), keyed by :func:`train_config` (its :class:`~brainkit.train.TrainConfig` and its
+  images); its embeddings (or predicted ages) of every image of the cohort are stored with it.
+- :func:`run_predictions`, :func:`run_embeddings`: what the designs read from a run.
+
+The designs that combine runs (the paper's cross-validated pipeline, scaling, Table 3, the
+gaps, transfer) are :mod:`brainkit.experiments.designs`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.splits import check_no_leakage, subject_kfold
 from .profiles import LOSSES, Profile, get_profile
 from .store import ResultsStore, Run, RunOutput, default_store
 
@@ -30,7 +29,6 @@ __all__ = [
     "train_encoder",
     "run_embeddings",
     "run_predictions",
-    "cross_validate",
 ]
 
 #: The classical baseline, trained by :func:`train_encoder` like a loss: ridge regression of
@@ -222,72 +220,3 @@ def run_predictions(run: Run, cohort, train_idx, *, layer: str = "encoder") -> n
     train_idx = np.asarray(train_idx, dtype=np.int64)
     probe = age_probe(z[train_idx], cohort.table["age"].to_numpy()[train_idx])
     return probe.predict(z)
-
-
-def cross_validate(cohort, loss: str, *, folds: int | None = None,
-                   profile: str | Profile | None = None, seed: int = 0,
-                   store: ResultsStore | None = None, correction: str = "beheshti",
-                   device: str | None = None, progress: bool = False) -> pd.DataFrame:
-    """The paper's brain-age pipeline on any cohort.
-
-    Subject-level, age-stratified folds over healthy controls (HC); one model trained per fold
-    on the other folds' HC images; age from the embeddings by the ridge probe (or the
-    regression head for L1). Every HC image gets an out-of-fold prediction; every non-HC image
-    gets the mean of the fold models' predictions (models trained on HC only). The bias
-    correction (:class:`brainkit.eval.AgeBiasCorrector`) for a fold's test images is fitted on
-    the *other* folds' out-of-fold HC predictions, and for non-HC images on all out-of-fold HC
-    predictions: it never sees the images it corrects.
-
-    Parameters
-    ----------
-    cohort : brainkit.data.Cohort
-        Needs at least ``folds`` healthy subjects.
-    loss : {"l1", "yaware", "threshold", "exp", "rnc", "adapn"}
-    folds : int, optional
-        Default: the profile's (5 in the paper).
-    profile, seed, store, device, progress
-        As :func:`train_encoder`.
-    correction : {"beheshti", "cole"}, default "beheshti"
-
-    Returns
-    -------
-    pandas.DataFrame
-        The cohort table plus ``loss``, ``age_pred``, ``fold`` (test fold of an HC image; -1
-        for non-HC images, predicted by every fold's model), ``bag`` (= age_pred - age) and
-        ``bag_corrected``.
-    """
-    from ..eval import crossfit_correct
-
-    profile = get_profile(profile)
-    store = store if store is not None else default_store()
-    folds = folds or profile.folds
-    table = cohort.table
-    hc = np.flatnonzero(table["diagnosis"].to_numpy() == "HC")
-    other = np.flatnonzero(table["diagnosis"].to_numpy() != "HC")
-    splits = subject_kfold(table, folds, seed=seed, indices=hc)
-    age = table["age"].to_numpy(dtype=float)
-    pred = np.full(len(table), np.nan)
-    fold_of = np.full(len(table), -1, dtype=int)
-    other_preds = []
-    for k, (train_idx, test_idx) in enumerate(splits):
-        check_no_leakage(table, train_idx, test_idx)
-        run = train_encoder(cohort, loss, train_idx, profile=profile, seed=seed, store=store,
-                            device=device, progress=progress)
-        p = run_predictions(run, cohort, train_idx)
-        pred[test_idx] = p[test_idx]
-        fold_of[test_idx] = k
-        if other.size:
-            other_preds.append(p[other])
-    if other.size:
-        pred[other] = np.mean(other_preds, axis=0)
-
-    corrected = crossfit_correct(age, pred, fold_of, method=correction)
-
-    out = table.copy()
-    out["loss"] = loss
-    out["age_pred"] = pred
-    out["fold"] = fold_of
-    out["bag"] = pred - age
-    out["bag_corrected"] = corrected - age
-    return out
-

@@ -157,7 +157,7 @@ def cross_validated_brain_age(cohort, *, models=REAL_MODELS, profile=None, store
     """:func:`~brainkit.experiments.pipeline.cross_validate` of every model on the same
     subject-level folds, stacked (``loss`` column), with a ``cdr`` label (``"0"`` for
     healthy images, else the rating; OASIS-1 leaves most under-60s unrated: healthy)."""
-    from .pipeline import cross_validate
+    from .designs import cross_validate
 
     frames = [cross_validate(cohort, m, folds=folds, profile=profile, store=store,
                              device=device) for m in models]

@@ -155,7 +155,7 @@ def mae_vs_downstream(cohort, losses: Sequence[str], train_sizes: Sequence[int] 
                       device: str | None = None) -> pd.DataFrame:
     """Fig. 4: age MAE against downstream HC-vs-AD accuracy, one point per trained model.
 
-    Models are the scaling-sweep runs (:func:`~brainkit.experiments.designs.scaling_subsets`,
+    Models are the scaling-sweep runs (:func:`~brainkit.experiments.cohorts.scaling_subsets`,
     every seed). For each: the age MAE on ``dataset``'s held-out healthy subjects, and the
     balanced accuracy of a logistic-regression probe on the frozen encoder embeddings (for
     the voxel ridge: the principal components of its voxels) for HC vs AD, cross-validated
@@ -176,7 +176,8 @@ def mae_vs_downstream(cohort, losses: Sequence[str], train_sizes: Sequence[int] 
     from sklearn.preprocessing import StandardScaler
 
     from ..eval import mae
-    from .designs import _seed_list, pretraining_split, scaling_subsets
+    from .cohorts import pretraining_split, scaling_subsets
+    from .designs import _seed_list
     from .pipeline import run_embeddings, run_predictions, train_encoder
     from .profiles import get_profile
 
@@ -737,7 +738,7 @@ def downstream_markdown(transfer: dict, points: pd.DataFrame):
 def split_table(cohort, profile=None) -> pd.DataFrame:
     """Per dataset: healthy images in the pre-training pool, held-out healthy test images
     (and subjects), patients by diagnosis, and the external test set."""
-    from .designs import pretraining_split
+    from .cohorts import pretraining_split
     from .profiles import get_profile
 
     profile = get_profile(profile)

@@ -58,15 +58,15 @@ import pandas as pd
 
 from .._util import SignalFlag
 from ..errors import InputError
+from .designs import DESIGNS
 from .pipeline import LOSSES, train_config
 from .profiles import PROFILES, Profile, get_profile
 from .store import ResultsStore, RunOutput, StoreError, config_key
 
 __all__ = [
-    "DESIGNS",
     "GridError",
     "CohortSpec",
-    "RunSpec",
+    "GridEntry",
     "DesignRun",
     "TrainTask",
     "EvalTask",
@@ -308,12 +308,12 @@ _PARAMS: dict[str, dict[str, Callable]] = {
     "downstream": {"datasets": _param_names, "pretrain_dataset": _string,
                    "folds": _param_folds, "epochs": _param_epochs, "lr": _param_lr},
 }
-#: The designs a grid can name.
-DESIGNS: tuple[str, ...] = tuple(_PARAMS)
+if set(_PARAMS) != set(DESIGNS):   # the schema validates exactly the designs that exist
+    raise ImportError(f"grid schema {sorted(_PARAMS)} and designs {sorted(DESIGNS)} disagree")
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class GridEntry:
     """One entry of a grid's ``runs`` list (before expansion over losses and seeds)."""
 
     index: int
@@ -334,7 +334,7 @@ class DesignRun:
     label: str
 
 
-def _run_spec(i: int, value, profile: Profile) -> RunSpec:
+def _run_spec(i: int, value, profile: Profile) -> GridEntry:
     where = f"runs[{i}]"
     entry = _mapping(where, value)
     if "design" not in entry:
@@ -347,7 +347,7 @@ def _run_spec(i: int, value, profile: Profile) -> RunSpec:
     seeds = _list(f"{where}.seed", entry.get("seed", 0), lambda w, v: _int(w, v, minimum=0))
     params = {k: check(f"{where}.{k}", entry[k]) for k, check in _PARAMS[design].items()
               if k in entry}
-    return RunSpec(index=i, design=design, losses=losses, seeds=seeds, params=params)
+    return GridEntry(index=i, design=design, losses=losses, seeds=seeds, params=params)
 
 
 def _slurm(value) -> dict:
@@ -417,94 +417,26 @@ class EvalTask:
     needs : tuple of str
         Keys of the training runs it loads.
     config : dict
+    specs : tuple of RunSpec
+        The design's plan (:meth:`brainkit.experiments.Design.plan`), in ``needs`` order.
     """
 
     key: str
     run: DesignRun
     needs: tuple[str, ...]
     config: dict
+    specs: tuple = ()
 
     @property
     def label(self) -> str:
         return self.run.label
 
 
-def _design_plan(run: DesignRun, cohort, profile: Profile, where: str) -> list[np.ndarray]:
-    """The training indices a design run trains, in the design function's order.
-
-    Mirrors :mod:`brainkit.experiments.designs` and
-    :func:`~brainkit.experiments.pipeline.cross_validate` (checked by the sweep: an evaluation
-    that has to train a run the plan missed is reported as *unplanned*).
-    """
-    from ..data.splits import subject_kfold
-    from .designs import pretraining_split, scaling_subsets
-
-    table = cohort.table
-    p = run.params
-    if run.design == "cross_validate":
-        hc = np.flatnonzero(table["diagnosis"].to_numpy() == "HC")
-        try:
-            splits = subject_kfold(table, p["folds"], seed=run.seed, indices=hc)
-        except ValueError as err:
-            raise GridError(f"{where} (cross_validate): {err} (healthy controls)") from None
-        return [train for train, _ in splits]
-    try:
-        split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
-    except ValueError as err:
-        raise GridError(f"{where} ({run.design}): {err} (every dataset holds out one of five "
-                        "subject-level folds of its healthy controls)") from None
-    if run.design == "scaling":
-        if split.external.size == 0 or "openbhb" not in split.pools:
-            raise GridError(f"{where} (scaling): the cohort needs an OpenBHB-like dataset with "
-                            "the official split (train / internal_test / external_test) for "
-                            "the challenge metrics")
-        try:
-            return scaling_subsets(cohort, split, p["train_sizes"])
-        except ValueError as err:
-            raise GridError(f"{where}.train_sizes: {err}") from None
-    if run.design == "single_vs_merge":
-        chosen = p.get("single_datasets")
-        if chosen is not None:
-            missing = sorted(set(chosen) - set(split.pools))
-            if missing:
-                raise GridError(f"{where}.single_datasets: {missing} not in the cohort's "
-                                f"datasets {sorted(split.pools)}")
-        singles = [pool for name, pool in split.pools.items()
-                   if chosen is None or name in chosen]
-        return [*singles, split.merged]
-    if run.design == "heldout_gaps":
-        return [split.merged]
-    # downstream
-    if p["pretrain_dataset"] not in split.pools:
-        raise GridError(f"{where}.pretrain_dataset: {p['pretrain_dataset']!r} has no healthy "
-                        f"controls in the cohort (datasets: {sorted(split.pools)})")
-    for name in p["datasets"]:
-        rows = (table["dataset"].to_numpy() == name) & table["diagnosis"].isin(["HC", "AD"])
-        if not rows.any():
-            raise GridError(f"{where}.datasets: the cohort has no HC/AD images of {name!r}")
-    return [split.pools[p["pretrain_dataset"]]]
-
-
-def _resolve(spec: RunSpec, loss: str, seed: int, profile: Profile) -> DesignRun:
-    p = dict(spec.params)
-    if spec.design == "cross_validate":
-        p.setdefault("folds", profile.folds)
-        p.setdefault("correction", "beheshti")
-    elif spec.design == "scaling":
-        p.setdefault("train_sizes", sorted(profile.train_sizes))
-        if not p["train_sizes"]:
-            raise GridError(f"runs[{spec.index}].train_sizes: not given and profile "
-                            f"{profile.name!r} has none")
-    elif spec.design == "heldout_gaps":
-        p.setdefault("correction", "beheshti")
-    elif spec.design == "downstream":
-        p.setdefault("datasets", ["adni", "oasis3"])
-        p.setdefault("pretrain_dataset", "openbhb")
-        p.setdefault("folds", profile.folds)
-        p.setdefault("epochs", profile.finetune_epochs)
-        p.setdefault("lr", profile.finetune_lr)
+def _resolve(spec: GridEntry, loss: str, seed: int, profile: Profile) -> DesignRun:
+    """One design run, its parameters completed with the design's defaults for ``profile``."""
+    params = DESIGNS[spec.design].resolve(spec.params, profile)
     label = f"runs[{spec.index}] {spec.design} {loss} seed={seed}"
-    return DesignRun(design=spec.design, loss=loss, seed=seed, params=p, label=label)
+    return DesignRun(design=spec.design, loss=loss, seed=seed, params=params, label=label)
 
 
 # --------------------------------------------------------------------------- the grid
@@ -518,14 +450,14 @@ class Grid:
     cohort_spec : CohortSpec
     profile : Profile
         The named profile with the grid's ``overrides`` applied.
-    runs : list of RunSpec
+    runs : list of GridEntry
     slurm : dict
         The validated ``slurm:`` section (grid key names).
     source : str
         Where the grid came from (for messages).
     """
 
-    def __init__(self, cohort_spec: CohortSpec, profile: Profile, runs: Sequence[RunSpec],
+    def __init__(self, cohort_spec: CohortSpec, profile: Profile, runs: Sequence[GridEntry],
                  slurm: Mapping | None = None, source: str = "<grid>"):
         self.cohort_spec = cohort_spec
         self.profile = profile
@@ -635,31 +567,40 @@ class Grid:
 
 
 def _expand(grid: Grid, cohort) -> tuple[list[TrainTask], list[EvalTask]]:
+    """Every design run's plan (:meth:`Design.plan`), its runs deduplicated by store key."""
     tasks: dict[str, dict] = {}
     evals: dict[str, EvalTask] = {}
     profile = grid.profile
     for run in grid.design_runs():
-        where = f"{grid.source}: {run.label.split(' ')[0]}"
+        where = f"{grid.source}: {run.label.split(' ')[0]} ({run.design})"
+        try:
+            specs = DESIGNS[run.design].plan(cohort, run.loss, run.seed, run.params, profile)
+        except ValueError as err:
+            raise GridError(f"{where}: {err}") from None
         needs = []
-        for idx in _design_plan(run, cohort, profile, where):
-            idx = np.sort(np.asarray(idx, dtype=np.int64))
-            config = train_config(cohort, run.loss, idx, profile=profile, seed=run.seed)
+        for spec in specs:
+            idx = np.asarray(spec.indices, dtype=np.int64)
+            config = train_config(cohort, spec.loss, idx, profile=profile, seed=spec.seed)
             key = config_key(config)
-            entry = tasks.setdefault(key, {"key": key, "loss": run.loss, "train_idx": idx,
-                                           "profile": profile, "seed": run.seed,
+            entry = tasks.setdefault(key, {"key": key, "loss": spec.loss, "train_idx": idx,
+                                           "profile": profile, "seed": spec.seed,
                                            "config": config, "needed_by": []})
             if run.label not in entry["needed_by"]:
                 entry["needed_by"].append(run.label)
             needs.append(key)
         config = {"kind": "design", "design": run.design, "loss": run.loss, "seed": run.seed,
-                  "params": run.params, "profile": profile.name,
+                  "params": _jsonable(run.params), "profile": profile.name,
                   "cohort": cohort.content_hash, "train_runs": sorted(set(needs))}
         key = config_key(config)
         if key not in evals:
-            evals[key] = EvalTask(key=key, run=run, needs=tuple(dict.fromkeys(needs)),
-                                  config=config)
+            evals[key] = EvalTask(key=key, run=run, needs=tuple(needs), config=config,
+                                  specs=tuple(specs))
     train = [TrainTask(**{**t, "needed_by": tuple(t["needed_by"])}) for t in tasks.values()]
     return train, list(evals.values())
+
+
+def _jsonable(params: Mapping) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
 def _save_cohort(cohort, folder: Path) -> Path:
@@ -748,22 +689,6 @@ def _device(payload: dict) -> str | None:
     return f"cuda:{_WORKER_SLOT % n}" if n > 1 else None
 
 
-class _CountingStore(ResultsStore):
-    """A store that remembers the training runs it had to compute (unplanned by a sweep)."""
-
-    def __init__(self, root):
-        super().__init__(root)
-        self.unplanned: list[str] = []
-
-    def get_or_compute(self, config, compute, *, hashes=None):
-        key = config_key(config)
-        fresh = not self.exists(key)
-        run = super().get_or_compute(config, compute, hashes=hashes)
-        if fresh and config.get("kind") == "train":
-            self.unplanned.append(key)
-        return run
-
-
 def _execute(payload: dict) -> dict:
     """Run one task (training or evaluation) in this process; the unit sent to workers."""
     from .pipeline import train_encoder
@@ -773,7 +698,7 @@ def _execute(payload: dict) -> dict:
 
         torch.set_num_threads(int(payload["threads"]))
     cohort = _cohort_at(payload["cohort_dir"])
-    store = _CountingStore(payload["store"])
+    store = ResultsStore(payload["store"])
     key = payload["key"]
     computed = not store.exists(key)
     start = time.perf_counter()
@@ -784,12 +709,12 @@ def _execute(payload: dict) -> dict:
         if run.key != key:
             raise RuntimeError(f"the sweep planned run {key} but train_encoder stored "
                                f"{run.key}: the plan and the training configuration disagree")
-        final, unplanned = _final_loss(run), []
+        final = _final_loss(run)
     else:
         store.get_or_compute(payload["config"], lambda work_dir: _evaluate(payload, cohort, store))
-        final, unplanned = None, list(store.unplanned)
+        final = None
     return {"key": key, "computed": computed, "seconds": time.perf_counter() - start,
-            "final_loss": final, "unplanned": unplanned}
+            "final_loss": final}
 
 
 def _final_loss(run) -> float | None:
@@ -801,71 +726,13 @@ def _final_loss(run) -> float | None:
     return float(table["loss"].iloc[-1])
 
 
-def _per_group(frame: pd.DataFrame) -> pd.DataFrame:
-    from ..eval import mae
-
-    rows = []
-    for (dataset, dx), g in frame.groupby(["dataset", "diagnosis"], sort=True):
-        rows.append({"dataset": dataset, "diagnosis": dx, "n": len(g),
-                     "mae": mae(g["age"], g["age_pred"]), "bag": float(g["bag"].mean()),
-                     "bag_corrected": float(g["bag_corrected"].mean())})
-    return pd.DataFrame(rows)
-
-
-def _gap_headline(frame: pd.DataFrame) -> dict:
-    means = frame.groupby("diagnosis")["bag_corrected"].mean()
-    return {f"bag_{dx}": float(v) for dx, v in means.items()}
-
-
 def _evaluate(payload: dict, cohort, store: ResultsStore) -> RunOutput:
-    """Run one design for one loss and seed; its tables and headline metrics."""
-    from ..eval import mae, pearson_r
-    from .designs import downstream_transfer, heldout_gaps, scaling_sweep, single_vs_merge
-    from .pipeline import cross_validate
-
-    design, loss, seed, p = payload["design"], payload["loss"], payload["seed"], payload["params"]
-    common = {"profile": payload["profile"], "seed": seed, "store": store,
-              "device": _device(payload)}
-    if design == "cross_validate":
-        out = cross_validate(cohort, loss, folds=p["folds"], correction=p["correction"], **common)
-        hc = out[out["diagnosis"] == "HC"]
-        headline = {"mae": mae(hc["age"], hc["age_pred"]),
-                    "r": pearson_r(hc["age"], hc["age_pred"]), **_gap_headline(out)}
-        return RunOutput(tables={"predictions": out, "metrics": _per_group(out)},
-                         info={"headline": headline})
-    if design == "heldout_gaps":
-        out = heldout_gaps(cohort, [loss], correction=p["correction"], **common)
-        hc = out[out["diagnosis"] == "HC"]
-        headline = {"mae": mae(hc["age"], hc["age_pred"]), **_gap_headline(out)}
-        return RunOutput(tables={"gaps": out, "metrics": _per_group(out)},
-                         info={"headline": headline})
-    if design == "scaling":
-        out = scaling_sweep(cohort, [loss], p["train_sizes"], **common)
-        last = out.loc[out["n_train"].idxmax()]
-        headline = {k: float(last[k]) for k in ("mae_int", "mae_ext", "bacc", "score")}
-        return RunOutput(tables={"metrics": out}, info={"headline": headline})
-    if design == "single_vs_merge":
-        out = single_vs_merge(cohort, [loss], single_datasets=p.get("single_datasets"), **common)
-        ages = out[out["dataset"] != "challenge"]
-        headline = {f"mae_{scheme}": float(g["mae"].mean())
-                    for scheme, g in ages.groupby("scheme")}
-        challenge = out[(out["dataset"] == "challenge") & (out["scheme"] == "merge")]
-        if len(challenge):
-            headline.update(bacc=float(challenge["bacc"].iloc[0]),
-                            score=float(challenge["score"].iloc[0]))
-        return RunOutput(tables={"metrics": out}, info={"headline": headline})
-    if design == "downstream":
-        out = downstream_transfer(cohort, [loss], datasets=p["datasets"],
-                                  pretrain_dataset=p["pretrain_dataset"], folds=p["folds"],
-                                  epochs=p["epochs"], lr=p["lr"], **common)
-        scores = out["scores"]
-        within = scores["source"] == scores["target"]
-        headline = {"bacc_within": float(scores.loc[within, "balanced_accuracy"].mean())}
-        if (~within).any():
-            headline["bacc_across"] = float(scores.loc[~within, "balanced_accuracy"].mean())
-        return RunOutput(tables={"metrics": scores, "predictions": out["predictions"]},
-                         info={"headline": headline})
-    raise ValueError(f"unknown design {design!r}; expected one of {list(DESIGNS)}")
+    """One design's evaluation (:meth:`Design.evaluate`) on its planned, trained runs."""
+    runs = [(spec, store.load(key)) for spec, key in zip(payload["specs"], payload["needs"])]
+    result = DESIGNS[payload["design"]].evaluate(
+        cohort, runs, payload["loss"], payload["seed"], payload["params"], payload["profile"],
+        store, _device(payload))
+    return RunOutput(tables=result.tables, info={"headline": result.headline})
 
 
 class _SubmititTask:
@@ -908,9 +775,6 @@ class SweepReport:
         Task key -> error message.
     skipped : list of str
         Evaluations not run because a training run they need failed.
-    unplanned : list of str
-        Training runs an evaluation had to train because the plan missed them (should stay
-        empty; a non-empty list means the sweep's plan and a design disagree).
     seconds : float
     records : list of dict
         One per task: ``key``, ``task`` (``train`` / design name), ``label``, ``status``
@@ -923,7 +787,6 @@ class SweepReport:
     computed: int = 0
     failed: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
-    unplanned: list = field(default_factory=list)
     seconds: float = 0.0
     records: list = field(default_factory=list)
 
@@ -940,9 +803,6 @@ class SweepReport:
                 f"evaluations): {self.cached} cached, {self.computed} computed, "
                 f"{len(self.failed)} failed, {len(self.skipped)} skipped in "
                 f"{self.seconds:.1f} s")
-        if self.unplanned:
-            line += (f"; warning: {len(self.unplanned)} training run(s) were trained during "
-                     f"evaluation, outside the plan: {self.unplanned[:5]}")
         return line
 
 
@@ -1073,7 +933,8 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
     def eval_payload(e: EvalTask) -> dict:
         r = e.run
         return {**common, "kind": "design", "key": e.key, "label": e.label, "design": r.design,
-                "loss": r.loss, "seed": r.seed, "params": r.params, "config": e.config}
+                "loss": r.loss, "seed": r.seed, "params": r.params, "config": e.config,
+                "specs": e.specs, "needs": e.needs}
 
     bar = _progress_bar(report.total, progress)
 
@@ -1110,7 +971,6 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
                 report.computed += 1
             else:
                 report.cached += 1
-            report.unplanned.extend(k for k in result["unplanned"] if k not in report.unplanned)
             report.records.append(_record(task.key, kind, task.label, status,
                                           result["seconds"], result["final_loss"]))
             loss = (f", final loss {result['final_loss']:.4f}"

@@ -18,7 +18,8 @@ from brainkit.experiments import (
     toy,
 )
 from brainkit.experiments import results_table
-from brainkit.experiments.designs import challenge_metrics, nested_subsets
+from brainkit.experiments.challenge import challenge_metrics
+from brainkit.experiments.cohorts import nested_subsets
 
 TINY = get_profile("ci").replace(epochs=1, widths=(4, 8, 16, 32), head_dims=(16, 8),
                                  batch_size=16, recalibrate_bn=True, pool_sizes=None)

@@ -8,7 +8,8 @@ import pytest
 
 from brainkit.data import check_no_leakage, make_cohort, make_merged
 from brainkit.experiments import ResultsStore, config_key, get_profile
-from brainkit.experiments.pipeline import cross_validate, train_config
+from brainkit.experiments.designs import cross_validate
+from brainkit.experiments.pipeline import train_config
 
 TINY = get_profile("ci").replace(epochs=1, widths=(4, 8, 16, 32), head_dims=(16, 8),
                                  batch_size=8)
