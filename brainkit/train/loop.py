@@ -925,259 +925,318 @@ def _run(**kwargs) -> FitResult:
     directory's lock (:class:`_RunLock`) until it returns or raises."""
     lock = _RunLock(kwargs["out_dir"], kwargs["info"])  # refuses at once: folder in use
     try:
-        return _train(lock=lock, **kwargs)
+        return _Trainer(lock=lock, **kwargs).run()
     finally:
         lock.release()
 
 
-def _train(*, lock, model, cohort, out_dir, epochs, batch_size, lr, weight_decay, lr_step,
-           lr_gamma, lr_schedule, warmup_epochs, n_views, device, seed, resume, compile, amp,
-           channels_last, cudnn_benchmark, fused, sync_batchnorm, drop_last, adapn_final_k,
-           adapn_step, probe_every, progress, handle_signals, prefetch, data_path, train_idx,
-           loss_fn, loss_record, augment, augmentation_name, probe_idx, model_config,
-           train_record, info) -> FitResult:
-    """The training itself; rank 0 holds the run directory's ``lock``."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Progress:
+    """Where a run stands: the next epoch and step, the finished epochs' metrics, and the
+    running sums of the epoch in progress (``carry``, saved in an interrupted checkpoint)."""
 
-    regression = loss_fn is None
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    smallest = min(len(b) for b in epoch_batches(train_idx, batch_size=batch_size, seed=seed,
-                                                 epoch=0, drop_last=drop_last))
-    if smallest < info.world_size:  # a rank with no image of a batch cannot take its step
-        raise ValueError(f"every batch needs at least one image per process: with "
-                         f"{len(train_idx)} training images and batch_size={batch_size} a "
-                         f"batch holds {smallest} image(s) for {info.world_size} processes; "
-                         "use drop_last=True or another batch_size")
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    carry: dict = field(default_factory=lambda: {"loss_sum": 0.0, "volumes": 0,
+                                                 "seconds": 0.0})
 
-    cuda = device.type == "cuda"
-    amp = cuda if amp is None else bool(amp)
-    channels_last = cuda if channels_last is None else bool(channels_last)
-    cudnn_benchmark = cuda if cudnn_benchmark is None else bool(cudnn_benchmark)
-    fused = cuda if fused is None else bool(fused)
 
-    config = {
-        "model": model_config,
-        "loss": loss_record,
-        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                     "weight_decay": weight_decay, "lr_step": lr_step, "lr_gamma": lr_gamma,
-                     "lr_schedule": lr_schedule, "warmup_epochs": warmup_epochs,
-                     "n_views": n_views, "augmentation": augmentation_name, "seed": seed,
-                     "drop_last": drop_last, "adapn_final_k": adapn_final_k,
-                     "adapn_step": adapn_step, "probe_every": probe_every,
-                     "world_size": info.world_size, "amp": amp, "channels_last": channels_last,
-                     "compile": bool(compile)},
-        "data": {"cohort_hash": cohort.content_hash, "n_train": int(len(train_idx)),
-                 "train_indices_sha256": _indices_digest(train_idx),
-                 "grid_shape": [int(s) for s in cohort.grid_shape]},
-    }
-    if probe_idx is not None:
-        config["data"]["probe_indices_sha256"] = _indices_digest(probe_idx)
-    if train_record is not None:
-        config["train"] = train_record
+class _Trainer:
+    """One validated training run, in named steps: record the run, check a checkpoint to
+    resume, build the model and optimiser, restore, then train epoch by epoch (each a loop of
+    :meth:`_step`), saving a checkpoint after every epoch and on a signal."""
 
-    checkpoint = None
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt_path} exists; pass resume=True (CLI: --resume) to "
-                                  "continue that run, or choose another out_dir")
+    def __init__(self, *, lock, **settings):
+        self.lock = lock
+        self.__dict__.update(settings)        # fit's validated settings (see fit's call)
+        self.regression = self.loss_fn is None
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME
+        cuda = self.cuda = self.device.type == "cuda"
+        self.amp = cuda if self.amp is None else bool(self.amp)
+        self.channels_last = cuda if self.channels_last is None else bool(self.channels_last)
+        self.cudnn_benchmark = cuda if self.cudnn_benchmark is None else bool(
+            self.cudnn_benchmark)
+        self.fused = cuda if self.fused is None else bool(self.fused)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> FitResult:
+        self._check_batches()
+        self.config = self._record()
+        checkpoint = self._checkpoint_to_resume()
+        # The checks that only read are done; from here on rank 0 writes to out_dir. Every
+        # rank learns whether rank 0 holds the lock, then re-reads the cohort.
+        self.lock.confirm(self.device)
+        verify = getattr(self.cohort, "verify", None)
+        if callable(verify):  # NaN / inf, and the content against its recorded hash
+            verify()
+        if self.info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(self.out_dir, self.config)
+        self._build()
+        progress = self._restore(checkpoint)
+        self._wrap()
+        return self._loop(progress)
+
+    def _check_batches(self) -> None:
+        smallest = min(len(b) for b in epoch_batches(
+            self.train_idx, batch_size=self.batch_size, seed=self.seed, epoch=0,
+            drop_last=self.drop_last))
+        if smallest < self.info.world_size:  # a rank with no image cannot take its step
+            raise ValueError(f"every batch needs at least one image per process: with "
+                             f"{len(self.train_idx)} training images and batch_size="
+                             f"{self.batch_size} a batch holds {smallest} image(s) for "
+                             f"{self.info.world_size} processes; use drop_last=True or "
+                             "another batch_size")
+
+    def _record(self) -> dict:
+        """What ``config.json`` holds (and a resume must match)."""
+        config = {
+            "model": self.model_config,
+            "loss": self.loss_record,
+            "training": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                         "weight_decay": self.weight_decay, "lr_step": self.lr_step,
+                         "lr_gamma": self.lr_gamma, "lr_schedule": self.lr_schedule,
+                         "warmup_epochs": self.warmup_epochs, "n_views": self.n_views,
+                         "augmentation": self.augmentation_name, "seed": self.seed,
+                         "drop_last": self.drop_last, "adapn_final_k": self.adapn_final_k,
+                         "adapn_step": self.adapn_step, "probe_every": self.probe_every,
+                         "world_size": self.info.world_size, "amp": self.amp,
+                         "channels_last": self.channels_last, "compile": bool(self.compile)},
+            "data": {"cohort_hash": self.cohort.content_hash,
+                     "n_train": int(len(self.train_idx)),
+                     "train_indices_sha256": _indices_digest(self.train_idx),
+                     "grid_shape": [int(s) for s in self.cohort.grid_shape]},
+        }
+        if self.probe_idx is not None:
+            config["data"]["probe_indices_sha256"] = _indices_digest(self.probe_idx)
+        if self.train_record is not None:
+            config["train"] = self.train_record
+        return config
+
+    def _checkpoint_to_resume(self) -> dict | None:
+        if not self.ckpt_path.exists():
+            return None
+        if not self.resume:
+            raise FileExistsError(f"{self.ckpt_path} exists; pass resume=True (CLI: --resume) "
+                                  "to continue that run, or choose another out_dir")
         # On every rank: a rank that skipped it would wait in DDP's set-up for a rank 0 that
         # refused to resume (until the collective timeout).
-        _check_resume_config(out_dir, read_run_config(out_dir), config)
-        checkpoint = load_checkpoint(ckpt_path)
+        _check_resume_config(self.out_dir, read_run_config(self.out_dir), self.config)
+        checkpoint = load_checkpoint(self.ckpt_path)
         if checkpoint.get("format") != _CHECKPOINT_FORMAT or "optimizer" not in checkpoint:
-            raise InputError(f"{ckpt_path} is not a training checkpoint of this brainkit "
+            raise InputError(f"{self.ckpt_path} is not a training checkpoint of this brainkit "
                              "(saved with save_model?); cannot resume from it")
         bad = nonfinite_tensors({"model": checkpoint["model"],
                                  "optimizer": checkpoint["optimizer"]})
         if bad:
-            raise NonFiniteError(f"{ckpt_path}: {len(bad)} tensor(s) hold NaN or inf (e.g. "
-                                 f"{bad[:3]}); the run cannot continue from it, start a new "
-                                 "run in another folder")
-    # The checks that only read are done; from here on rank 0 writes to out_dir. Every rank
-    # learns whether rank 0 holds the lock, then re-reads the cohort.
-    lock.confirm(device)
-    verify = getattr(cohort, "verify", None)
-    if callable(verify):  # NaN / inf, and the content against its recorded hash
-        verify()
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(out_dir, config)
+            raise NonFiniteError(f"{self.ckpt_path}: {len(bad)} tensor(s) hold NaN or inf "
+                                 f"(e.g. {bad[:3]}); the run cannot continue from it, start a "
+                                 "new run in another folder")
+        return checkpoint
 
-    # ---------------------------------------------------------------- model, optimiser
-    base = unwrap_model(model)
-    base.to(device)
-    if channels_last:
-        base.to(memory_format=torch.channels_last_3d)
-    if info.distributed and sync_batchnorm:
-        base = nn.SyncBatchNorm.convert_sync_batchnorm(base)
-    optimizer = torch.optim.Adam(base.parameters(), lr=lr, weight_decay=weight_decay,
-                                 **({"fused": True} if fused else {}))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
-        lr_schedule, epochs=epochs, warmup_epochs=warmup_epochs, lr_step=lr_step,
-        lr_gamma=lr_gamma))
-    if loss_fn is not None:
-        loss_fn.to(device)
+    def _build(self) -> None:
+        """The model on its device, the optimiser, the schedule, the loss."""
+        base = unwrap_model(self.model)
+        base.to(self.device)
+        if self.channels_last:
+            base.to(memory_format=torch.channels_last_3d)
+        if self.info.distributed and self.sync_batchnorm:
+            base = nn.SyncBatchNorm.convert_sync_batchnorm(base)
+        self.base = base
+        self.optimizer = torch.optim.Adam(base.parameters(), lr=self.lr,
+                                          weight_decay=self.weight_decay,
+                                          **({"fused": True} if self.fused else {}))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
+            self.lr_schedule, epochs=self.epochs, warmup_epochs=self.warmup_epochs,
+            lr_step=self.lr_step, lr_gamma=self.lr_gamma))
+        if self.loss_fn is not None:
+            self.loss_fn.to(self.device)
 
-    start_epoch, start_step = 0, 0
-    history: list[dict] = []
-    carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
-    if checkpoint is not None:
-        base.load_state_dict(checkpoint["model"])
-        _load_optimizer_state(optimizer, checkpoint["optimizer"])
+    def _restore(self, checkpoint: dict | None) -> _Progress:
+        if checkpoint is None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
+            return _Progress()
+        self.base.load_state_dict(checkpoint["model"])
+        _load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         # a StepLR state (checkpoints written before LambdaLR) has no lr_lambdas entry
-        scheduler.load_state_dict({"lr_lambdas": [None] * len(optimizer.param_groups),
-                                   **checkpoint["scheduler"]})
+        self.scheduler.load_state_dict({"lr_lambdas": [None] * len(self.optimizer.param_groups),
+                                        **checkpoint["scheduler"]})
         set_rng_state(checkpoint["rng"])
-        start_epoch, start_step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        history = [dict(row) for row in checkpoint["history"]]
-        carry = dict(checkpoint["carry"])
-    else:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        return _Progress(epoch=int(checkpoint["epoch"]), step=int(checkpoint["step"]),
+                         history=[dict(row) for row in checkpoint["history"]],
+                         carry=dict(checkpoint["carry"]))
 
-    module: nn.Module = base
-    if info.distributed:
-        module = nn.parallel.DistributedDataParallel(
-            base, device_ids=[device.index] if cuda else None)
-    if compile:
-        module = torch.compile(module)
-    if info.distributed:
-        torch.distributed.barrier()
+    def _wrap(self) -> None:
+        module: nn.Module = self.base
+        if self.info.distributed:
+            module = nn.parallel.DistributedDataParallel(
+                self.base, device_ids=[self.device.index] if self.cuda else None)
+        if self.compile:
+            module = torch.compile(module)
+        if self.info.distributed:
+            torch.distributed.barrier()
+        self.module = module
 
-    adapn = None if regression else _adapn_hook(loss_fn, batch_size=batch_size,
-                                                n_views=n_views, epochs=epochs,
-                                                final_k=adapn_final_k, step=adapn_step)
-    # Contrastive losses compute kernels in the labels' dtype: float64 keeps them exact.
-    ages = torch.tensor(cohort.table["age"].to_numpy(
-        dtype=np.float32 if regression else np.float64))
-    steps_per_epoch = len(epoch_batches(train_idx, batch_size=batch_size, seed=seed, epoch=0,
-                                        drop_last=drop_last))
-    previous_benchmark = torch.backends.cudnn.benchmark
-
-    def save(epoch: int, step: int) -> None:
-        if not info.is_main:
+    def _save(self, epoch: int, step: int, progress: _Progress) -> None:
+        if not self.info.is_main:
             return
         state = {
             "format": _CHECKPOINT_FORMAT,
-            "model": {k: v.detach().cpu() for k, v in base.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.base.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "epoch": epoch, "step": step,
             "rng": rng_state(),
-            "history": history,
-            "carry": carry,
-            "world_size": info.world_size,
-            "seed": seed,  # with the epoch, it determines the batch order and augmentations
+            "history": progress.history,
+            "carry": progress.carry,
+            "world_size": self.info.world_size,
+            "seed": self.seed,  # with the epoch, it determines the batch order and augmentations
         }
-        atomic_save(state, ckpt_path)
+        atomic_save(state, self.ckpt_path)
 
-    # Batches: gathered on the device (resident) or read on the host, pinned on CUDA so the
-    # copy is asynchronous (memmap); either way decoded and un-cropped on the device.
-    from brainkit.data.loaders import open_batches
+    # ------------------------------------------------------------------ the epochs
+    def _loop(self, progress: _Progress) -> FitResult:
+        from tqdm.auto import tqdm
 
-    source = open_batches(cohort, device, data_path, pin_memory=cuda)
-    load_images = source.fetch
+        from brainkit.data.loaders import open_batches
 
-    watch = _FiniteWatch(base.parameters(), info=info, device=device,
-                         steps_per_epoch=steps_per_epoch, lr=lr, out_dir=out_dir)
-    bar = tqdm(total=max(0, (epochs - start_epoch) * steps_per_epoch - start_step),
-               disable=not (progress and info.is_main), unit="step", dynamic_ncols=True)
-    base.train()
-    executor = ThreadPoolExecutor(max_workers=1) \
-        if prefetch and source.mode == "memmap" else None
-    try:
-        if cuda:  # set inside the try that restores it (open_batches above may raise)
-            torch.backends.cudnn.benchmark = cudnn_benchmark
-        with SignalFlag(handle_signals) as guard:
-            for epoch in range(start_epoch, epochs):
-                neighbourhood = adapn(epoch) if adapn is not None else None
-                batches = epoch_batches(train_idx, batch_size=batch_size, seed=seed,
-                                        epoch=epoch, drop_last=drop_last)
-                current_lr = optimizer.param_groups[0]["lr"]
-                first = start_step if epoch == start_epoch else 0
-                if first == 0:
-                    carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                parts = [shard(b, info.rank, info.world_size) for b in batches]
-                pending = executor.submit(load_images, parts[first]) \
-                    if executor and first < len(batches) else None
-                tick = time.perf_counter()
-                last_post = 0.0
-                bar.set_description(f"epoch {epoch + 1}/{epochs}")
-                for step in range(first, len(batches)):
-                    if _any_rank(guard.signum is not None, info, device):
-                        watch.check()  # never save a poisoned state
-                        carry["loss_sum"] += loss_sum.item()
-                        carry["seconds"] += time.perf_counter() - tick
-                        save(epoch, step)
-                        raise TrainingInterrupted(guard.signum or signal.SIGTERM, epoch, step,
-                                                  ckpt_path)
-                    batch, local = batches[step], parts[step]
-                    x = pending.result() if pending is not None else load_images(local)
-                    pending = executor.submit(load_images, parts[step + 1]) \
-                        if executor and step + 1 < len(batches) else None
-                    x = source.to_device(x)
-                    x = augment_views(x, local, augment, n_views=n_views, seed=seed, epoch=epoch)
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last_3d)
-                    y = ages[torch.as_tensor(batch)].repeat(n_views)
-                    # pinned + non_blocking: a pageable copy would wait for the GPU's queue
-                    y = y.pin_memory().to(device, non_blocking=True) if cuda else y.to(device)
-                    sizes = shard_sizes(len(batch), info.world_size) if info.distributed \
-                        else None
-                    value = batch_loss(module, loss_fn, x, y, n_views=n_views, sizes=sizes,
-                                       amp=amp)
-                    optimizer.zero_grad(set_to_none=True)
-                    value.backward()
-                    watch.record(value, epoch, step)  # CPU: raises before the update
-                    optimizer.step()
-                    if (step + 1) % _FINITE_CHECK_EVERY == 0:
-                        watch.check()
-                    loss_sum += value.detach().double() * len(batch)
-                    carry["volumes"] += n_views * len(batch)
-                    bar.update(1)
-                    now = time.perf_counter()
-                    if bar.disable is False and now - last_post > 0.5:
-                        seconds = carry["seconds"] + now - tick
-                        bar.set_postfix(loss=f"{value.item():.4f}", lr=f"{current_lr:.2e}",
-                                        vol_s=f"{carry['volumes'] / max(seconds, 1e-9):.1f}")
-                        last_post = now
-                if cuda:
-                    torch.cuda.synchronize(device)
-                watch.check()  # before the probe and the checkpoint of this epoch
+        self.adapn = None if self.regression else _adapn_hook(
+            self.loss_fn, batch_size=self.batch_size, n_views=self.n_views, epochs=self.epochs,
+            final_k=self.adapn_final_k, step=self.adapn_step)
+        # Contrastive losses compute kernels in the labels' dtype: float64 keeps them exact.
+        self.ages = torch.tensor(self.cohort.table["age"].to_numpy(
+            dtype=np.float32 if self.regression else np.float64))
+        steps_per_epoch = len(epoch_batches(self.train_idx, batch_size=self.batch_size,
+                                            seed=self.seed, epoch=0, drop_last=self.drop_last))
+        previous_benchmark = torch.backends.cudnn.benchmark
+        # Batches: gathered on the device (resident) or read on the host, pinned on CUDA so
+        # the copy is asynchronous (memmap); either way decoded and un-cropped on the device.
+        self.source = open_batches(self.cohort, self.device, self.data_path,
+                                   pin_memory=self.cuda)
+        self.watch = _FiniteWatch(self.base.parameters(), info=self.info, device=self.device,
+                                  steps_per_epoch=steps_per_epoch, lr=self.lr,
+                                  out_dir=self.out_dir)
+        self.bar = tqdm(total=max(0, (self.epochs - progress.epoch) * steps_per_epoch
+                                  - progress.step),
+                        disable=not (self.progress and self.info.is_main), unit="step",
+                        dynamic_ncols=True)
+        self.base.train()
+        self.executor = ThreadPoolExecutor(max_workers=1) \
+            if self.prefetch and self.source.mode == "memmap" else None
+        try:
+            if self.cuda:  # set inside the try that restores it (open_batches may raise)
+                torch.backends.cudnn.benchmark = self.cudnn_benchmark
+            with SignalFlag(self.handle_signals) as guard:
+                start_epoch = progress.epoch
+                for epoch in range(start_epoch, self.epochs):
+                    first = progress.step if epoch == start_epoch else 0
+                    row = self._epoch(epoch, first, progress, guard)
+                    self.scheduler.step()
+                    progress.history.append(row)
+                    progress.carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
+                    self._save(epoch + 1, 0, progress)
+                    if self.info.is_main:
+                        _write_metrics(self.out_dir, progress.history)
+                        self.bar.set_postfix(loss=f"{row['loss']:.4f}",
+                                             lr=f"{row['lr']:.2e}",
+                                             vol_s=f"{row['volumes_per_s']:.1f}")
+        finally:
+            self.bar.close()
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+            torch.backends.cudnn.benchmark = previous_benchmark
+        return self._result(progress)
+
+    def _epoch(self, epoch: int, first: int, progress: _Progress, guard) -> dict:
+        """Train one epoch from step ``first``; its metrics row (before the scheduler step)."""
+        neighbourhood = self.adapn(epoch) if self.adapn is not None else None
+        batches = epoch_batches(self.train_idx, batch_size=self.batch_size, seed=self.seed,
+                                epoch=epoch, drop_last=self.drop_last)
+        current_lr = self.optimizer.param_groups[0]["lr"]
+        if first == 0:
+            progress.carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
+        carry = progress.carry
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        parts = [shard(b, self.info.rank, self.info.world_size) for b in batches]
+        load = self.source.fetch
+        pending = self.executor.submit(load, parts[first]) \
+            if self.executor and first < len(batches) else None
+        tick = time.perf_counter()
+        last_post = 0.0
+        self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+        for step in range(first, len(batches)):
+            if _any_rank(guard.signum is not None, self.info, self.device):
+                self.watch.check()  # never save a poisoned state
                 carry["loss_sum"] += loss_sum.item()
                 carry["seconds"] += time.perf_counter() - tick
-                n_seen = sum(len(b) for b in batches)
-                row = {"epoch": epoch + 1, "loss": carry["loss_sum"] / n_seen, "lr": current_lr,
-                       "seconds": carry["seconds"],
-                       "volumes_per_s": carry["volumes"] / max(carry["seconds"], 1e-9)}
-                if neighbourhood is not None:
-                    row["neighbourhood_size"] = neighbourhood
-                if probe_idx is not None:
-                    row.update({"probe_age_mae": math.nan, "probe_site_bacc": math.nan})
-                    if info.is_main and ((epoch + 1) % probe_every == 0 or epoch + 1 == epochs):
-                        row.update(_probe(base, cohort, probe_idx, seed=seed,
-                                          batch_size=batch_size, device=device, amp=amp,
-                                          channels_last=channels_last))
-                scheduler.step()
-                history.append(row)
-                carry = {"loss_sum": 0.0, "volumes": 0, "seconds": 0.0}
-                save(epoch + 1, 0)
-                if info.is_main:
-                    _write_metrics(out_dir, history)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{current_lr:.2e}",
-                                    vol_s=f"{row['volumes_per_s']:.1f}")
-    finally:
-        bar.close()
-        if executor is not None:
-            executor.shutdown(wait=True)
-        torch.backends.cudnn.benchmark = previous_benchmark
+                self._save(epoch, step, progress)
+                raise TrainingInterrupted(guard.signum or signal.SIGTERM, epoch, step,
+                                          self.ckpt_path)
+            x = pending.result() if pending is not None else load(parts[step])
+            pending = self.executor.submit(load, parts[step + 1]) \
+                if self.executor and step + 1 < len(batches) else None
+            value = self._step(x, batches[step], parts[step], epoch, step)
+            loss_sum += value.detach().double() * len(batches[step])
+            carry["volumes"] += self.n_views * len(batches[step])
+            self.bar.update(1)
+            now = time.perf_counter()
+            if self.bar.disable is False and now - last_post > 0.5:
+                seconds = carry["seconds"] + now - tick
+                self.bar.set_postfix(loss=f"{value.item():.4f}", lr=f"{current_lr:.2e}",
+                                     vol_s=f"{carry['volumes'] / max(seconds, 1e-9):.1f}")
+                last_post = now
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.watch.check()  # before the probe and the checkpoint of this epoch
+        carry["loss_sum"] += loss_sum.item()
+        carry["seconds"] += time.perf_counter() - tick
+        n_seen = sum(len(b) for b in batches)
+        row = {"epoch": epoch + 1, "loss": carry["loss_sum"] / n_seen, "lr": current_lr,
+               "seconds": carry["seconds"],
+               "volumes_per_s": carry["volumes"] / max(carry["seconds"], 1e-9)}
+        if neighbourhood is not None:
+            row["neighbourhood_size"] = neighbourhood
+        if self.probe_idx is not None:
+            row.update({"probe_age_mae": math.nan, "probe_site_bacc": math.nan})
+            if self.info.is_main and ((epoch + 1) % self.probe_every == 0
+                                      or epoch + 1 == self.epochs):
+                row.update(_probe(self.base, self.cohort, self.probe_idx, seed=self.seed,
+                                  batch_size=self.batch_size, device=self.device, amp=self.amp,
+                                  channels_last=self.channels_last))
+        return row
 
-    if info.is_main and not history:
-        _write_metrics(out_dir, history)
-    metrics = pd.DataFrame(history)
-    if len(metrics):
-        metrics["epoch"] = metrics["epoch"].astype("int64")
-    return FitResult(model=base, metrics=metrics, out_dir=out_dir,
-                     epochs_completed=len(history), config=config, data_path=source.mode)
+    def _step(self, x, batch, local, epoch: int, step: int) -> torch.Tensor:
+        """One optimiser step on one global batch (this process's share ``local``)."""
+        x = self.source.to_device(x)
+        x = augment_views(x, local, self.augment, n_views=self.n_views, seed=self.seed,
+                          epoch=epoch)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        y = self.ages[torch.as_tensor(batch)].repeat(self.n_views)
+        # pinned + non_blocking: a pageable copy would wait for the GPU's queue
+        y = y.pin_memory().to(self.device, non_blocking=True) if self.cuda \
+            else y.to(self.device)
+        sizes = shard_sizes(len(batch), self.info.world_size) if self.info.distributed \
+            else None
+        value = batch_loss(self.module, self.loss_fn, x, y, n_views=self.n_views, sizes=sizes,
+                           amp=self.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        self.watch.record(value, epoch, step)  # CPU: raises before the update
+        self.optimizer.step()
+        if (step + 1) % _FINITE_CHECK_EVERY == 0:
+            self.watch.check()
+        return value
+
+    def _result(self, progress: _Progress) -> FitResult:
+        if self.info.is_main and not progress.history:
+            _write_metrics(self.out_dir, progress.history)
+        metrics = pd.DataFrame(progress.history)
+        if len(metrics):
+            metrics["epoch"] = metrics["epoch"].astype("int64")
+        return FitResult(model=self.base, metrics=metrics, out_dir=self.out_dir,
+                         epochs_completed=len(progress.history), config=self.config,
+                         data_path=self.source.mode)
