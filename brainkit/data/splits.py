@@ -20,19 +20,19 @@ class LeakageError(AssertionError):
     """A subject appears on both sides of a split."""
 
 
-def _age_bins(subject_age: np.ndarray, n_splits: int) -> np.ndarray:
-    """Quantile bins of subject ages, as many as the data allow (each bin >= n_splits)."""
-    n_bins = max(1, min(10, len(subject_age) // n_splits))
+def _age_bins(subject_age: np.ndarray, folds: int) -> np.ndarray:
+    """Quantile bins of subject ages, as many as the data allow (each bin >= folds)."""
+    n_bins = max(1, min(10, len(subject_age) // folds))
     while n_bins > 1:
         edges = np.unique(np.quantile(subject_age, np.linspace(0, 1, n_bins + 1)))
         bins = np.clip(np.searchsorted(edges, subject_age, side="right") - 1, 0, len(edges) - 2)
-        if np.bincount(bins).min() >= n_splits:
+        if np.bincount(bins).min() >= folds:
             return bins
         n_bins -= 1
     return np.zeros(len(subject_age), dtype=int)
 
 
-def subject_kfold(table: pd.DataFrame, n_splits: int = 5, *, seed: int = 0,
+def subject_kfold(table: pd.DataFrame, folds: int = 5, *, seed: int = 0,
                   indices=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Subject-level K-fold, stratified by age (``StratifiedGroupKFold``).
 
@@ -40,7 +40,7 @@ def subject_kfold(table: pd.DataFrame, n_splits: int = 5, *, seed: int = 0,
     ----------
     table : pandas.DataFrame
         Cohort table with ``subject_id`` and ``age``.
-    n_splits : int, default 5
+    folds : int, default 5
         Number of folds (the paper uses 5).
     seed : int, default 0
         Shuffling seed; the same seed gives the same folds.
@@ -54,8 +54,8 @@ def subject_kfold(table: pd.DataFrame, n_splits: int = 5, *, seed: int = 0,
         Positional indices into ``table``; no subject appears in both sides of any fold, and
         every selected row is in exactly one test fold.
     """
-    if not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
-        raise ValueError(f"n_splits must be an integer >= 2, got {n_splits!r}")
+    if not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
     for column in ("subject_id", "age"):
         if column not in table:
             raise ValueError(f"table has no {column!r} column (needed for subject_kfold)")
@@ -63,19 +63,19 @@ def subject_kfold(table: pd.DataFrame, n_splits: int = 5, *, seed: int = 0,
     sub = table.iloc[rows]
     subjects = sub["subject_id"].astype(str).to_numpy()
     n_subjects = len(np.unique(subjects))
-    if n_subjects < n_splits:
-        raise ValueError(f"cannot make {n_splits} subject-level folds from {n_subjects} subjects")
+    if n_subjects < folds:
+        raise ValueError(f"cannot make {folds} subject-level folds from {n_subjects} subjects")
     # Stratify on each subject's baseline (first) age so a subject carries one label.
     baseline = (sub.assign(_s=subjects).groupby("_s", sort=False)["age"].min())
-    bins_by_subject = pd.Series(_age_bins(baseline.to_numpy(), n_splits), index=baseline.index)
+    bins_by_subject = pd.Series(_age_bins(baseline.to_numpy(), folds), index=baseline.index)
     strata = bins_by_subject.loc[subjects].to_numpy()
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    folds = []
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = []
     for train, test in cv.split(np.zeros(len(rows)), strata, groups=subjects):
         tr, te = rows[train], rows[test]
         check_no_leakage(table, tr, te)
-        folds.append((tr, te))
-    return folds
+        out.append((tr, te))
+    return out
 
 
 def subject_subset(table: pd.DataFrame, indices, size: int, *, seed: int = 0,

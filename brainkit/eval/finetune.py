@@ -111,9 +111,9 @@ class FinetunedClassifier:
     lr : float, default 1e-4
         Adam learning rate.
     batch_size : int, default 8
-    device : str or torch.device, default "cpu"
-        Where to train and predict (e.g. ``"cuda:0"``); inputs stay on the CPU and are
-        moved one batch at a time.
+    device : str or torch.device, optional
+        Where to train and predict (e.g. ``"cuda:0"``); default CUDA when available, else
+        the CPU. Inputs stay on the CPU and are moved one batch at a time.
     seed : int, default 0
         Seeds the head's initialisation, the batch order and any randomness inside the
         encoder (dropout); the global RNG state is restored afterwards.
@@ -151,7 +151,7 @@ class FinetunedClassifier:
     """
 
     def __init__(self, encoder: nn.Module, *, epochs: int = 10, lr: float = 1e-4,
-                 batch_size: int = 8, device="cpu", seed: int = 0,
+                 batch_size: int = 8, device=None, seed: int = 0,
                  freeze_encoder: bool = False, weight_decay: float = 0.0,
                  class_weight: str | None = "balanced"):
         self.encoder = encoder
@@ -175,6 +175,8 @@ class FinetunedClassifier:
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight must be 'balanced' or None; got {self.class_weight!r}")
         try:
+            if self.device is None or self.device == "auto":
+                return torch.device("cuda" if torch.cuda.is_available() else "cpu")
             return torch.device(self.device)
         except (TypeError, RuntimeError) as exc:
             raise ValueError(f"device must name a torch device (e.g. 'cpu', 'cuda:0'); "
@@ -368,12 +370,12 @@ def _unpack_dataset(name: str, item):
 
 
 def transfer_matrix(encoder: nn.Module, datasets: Mapping[str, tuple], *, epochs: int,
-                    lr: float, batch_size: int, device, seed: int = 0, n_splits: int = 5,
+                    lr: float, batch_size: int, device, seed: int = 0, folds: int = 5,
                     freeze_encoder: bool = False, weight_decay: float = 0.0,
                     class_weight: str | None = "balanced") -> TransferResult:
     """Fine-tune within and across datasets with cross-validation (paper Table 4).
 
-    For each source dataset and each of ``n_splits`` stratified folds, a copy of
+    For each source dataset and each of ``folds`` stratified folds, a copy of
     ``encoder`` is fine-tuned on the training part; the model is tested on the held-out
     fold (within-dataset) and on every image of each other dataset (cross-dataset).
 
@@ -389,7 +391,7 @@ def transfer_matrix(encoder: nn.Module, datasets: Mapping[str, tuple], *, epochs
         As in :class:`FinetunedClassifier`.
     seed : int, default 0
         Seeds the fold shuffling; fold ``k`` fine-tunes with seed ``seed + k``.
-    n_splits : int, default 5
+    folds : int, default 5
         Folds per source dataset.
 
     Returns
@@ -398,7 +400,7 @@ def transfer_matrix(encoder: nn.Module, datasets: Mapping[str, tuple], *, epochs
     """
     if not isinstance(datasets, Mapping) or not datasets:
         raise TypeError("datasets must be a non-empty mapping name -> (images, y[, groups])")
-    n_splits = check_positive_int(n_splits, "n_splits", minimum=2)
+    folds = check_positive_int(folds, "folds", minimum=2)
     data = {str(k): _unpack_dataset(str(k), v) for k, v in datasets.items()}
     label_sets = {k: tuple(np.unique(v[1]).tolist()) for k, v in data.items()}
     if len(set(label_sets.values())) != 1 or len(next(iter(label_sets.values()))) != 2:
@@ -410,12 +412,12 @@ def transfer_matrix(encoder: nn.Module, datasets: Mapping[str, tuple], *, epochs
     rows, preds = [], []
     for source, (images, y, groups) in data.items():
         if groups is None:
-            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            folds = splitter.split(np.zeros(len(y)), y)
+            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(len(y)), y)
         else:
-            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            folds = splitter.split(np.zeros(len(y)), y, groups)
-        for fold, (tr, te) in enumerate(folds):
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(len(y)), y, groups)
+        for fold, (tr, te) in enumerate(splits):
             clf = FinetunedClassifier(
                 encoder, epochs=epochs, lr=lr, batch_size=batch_size, device=device,
                 seed=seed + fold, freeze_encoder=freeze_encoder, weight_decay=weight_decay,

@@ -117,7 +117,7 @@ class PretrainingSplit:
 
 
 def pretraining_split(cohort, *, pool_sizes: Mapping[str, int] | None = None,
-                      test_folds: int = 5, seed: int = 0) -> PretrainingSplit:
+                      folds: int = 5, seed: int = 0) -> PretrainingSplit:
     """Split each dataset's healthy controls into a training pool and test sets.
 
     Parameters
@@ -127,10 +127,10 @@ def pretraining_split(cohort, *, pool_sizes: Mapping[str, int] | None = None,
         Images each dataset contributes to pre-training ("train small, test big"): whole
         subjects are drawn, stratified by site (OpenBHB) or by age, until the size is reached;
         every other healthy image of the dataset is a test image. A dataset not named here,
-        one whose pool would leave less than ``1 / test_folds`` of its images for testing,
-        or ``None``: one subject-level, age-stratified fold (``1 / test_folds`` of its
+        one whose pool would leave less than ``1 / folds`` of its images for testing,
+        or ``None``: one subject-level, age-stratified fold (``1 / folds`` of its
         subjects) is held out.
-    test_folds : int, default 5
+    folds : int, default 5
     seed : int, default 0
         Seeds the draw (the designs keep it fixed while training seeds vary).
 
@@ -156,11 +156,11 @@ def pretraining_split(cohort, *, pool_sizes: Mapping[str, int] | None = None,
             pools[dataset] = pool
             tests[dataset] = np.setdiff1d(rows[seen], pool)
             external.append(rows[split[rows] == "external_test"])
-        elif size is not None and size <= len(rows) * (1 - 1 / test_folds):
+        elif size is not None and size <= len(rows) * (1 - 1 / folds):
             pools[dataset] = subject_subset(table, rows, size, seed=seed)
             tests[dataset] = np.setdiff1d(rows, pools[dataset])
         else:
-            train, test = subject_kfold(table, test_folds, seed=seed, indices=rows)[0]
+            train, test = subject_kfold(table, folds, seed=seed, indices=rows)[0]
             pools[dataset], tests[dataset] = np.sort(train), np.sort(test)
         check_no_leakage(table, pools[dataset], tests[dataset])
     ext = np.sort(np.concatenate(external)) if external else np.array([], dtype=np.int64)

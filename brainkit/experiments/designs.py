@@ -435,7 +435,7 @@ def _finetune(cohort, run, data, params, profile, seed, store, device) -> dict:
                   for name, rows in data.items()}
         result = transfer_matrix(model.encoder, inputs, epochs=params["epochs"],
                                  lr=params["lr"], batch_size=profile.batch_size, device=dev,
-                                 seed=seed, n_splits=params["folds"])
+                                 seed=seed, folds=params["folds"])
         predictions = result.predictions.copy()
         for name, rows in data.items():  # positions in each dataset -> image ids
             mask = predictions["target"] == name

@@ -75,9 +75,9 @@ def register(subparsers) -> None:
     emb.add_argument("--cohort", required=True, type=Path, help="saved cohort directory")
     emb.add_argument("--out", required=True, type=Path,
                      help="output file: .parquet (image_id, z0, z1, ...) or .npy (n, D)")
-    emb.add_argument("--layer", choices=("projection", "encoder"), default=None,
-                     help="representation (default: projection for contrastive models, "
-                          "encoder for the regression baseline)")
+    emb.add_argument("--layer", choices=("encoder", "projection"), default="encoder",
+                     help="representation: pooled encoder features (default; what the "
+                          "probes read) or the contrastive projection head's output")
     emb.add_argument("--batch-size", type=int, default=32)
     emb.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     emb.set_defaults(func=_embed)

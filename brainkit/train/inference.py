@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["embed", "predict_age", "recalibrate_batchnorm", "resolve_indices", "unwrap_model"]
+__all__ = ["embed", "predict_age", "recalibrate_batchnorm", "resolve_device", "resolve_indices",
+           "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -85,10 +86,16 @@ def _host_batches(cohort, device):
     return HostBatches(cohort, device, pin_memory=False)
 
 
-def _default_layer(model: nn.Module) -> str:
-    from brainkit.models import RegressionModel
-
-    return "encoder" if isinstance(model, RegressionModel) else "projection"
+def resolve_device(device=None, model: nn.Module | None = None) -> torch.device:
+    """The device a brainkit function runs on: ``device`` when given; otherwise (``None`` or
+    ``"auto"``) the device of ``model``'s parameters when there is a model to follow, else
+    CUDA when available, else the CPU. The one rule of every ``device`` argument."""
+    if device is None or device == "auto":
+        if model is not None:
+            for p in unwrap_model(model).parameters():
+                return p.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 @torch.no_grad()
@@ -98,7 +105,7 @@ def _batched(model: nn.Module, cohort, indices, batch_size: int, device, amp, ch
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     idx = resolve_indices(indices, len(cohort))
-    device = torch.device(device)
+    device = resolve_device(device, model)
     amp = (device.type == "cuda") if amp is None else bool(amp)
     channels_last = (device.type == "cuda") if channels_last is None else bool(channels_last)
     model = unwrap_model(model)
@@ -143,8 +150,8 @@ def _refuse_nonfinite(cohort, rows, bad: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
-          device: str | torch.device = "cpu", layer: str | None = None, amp: bool | None = None,
-          channels_last: bool | None = None) -> np.ndarray:
+          device: str | torch.device | None = None, layer: str = "encoder",
+          amp: bool | None = None, channels_last: bool | None = None) -> np.ndarray:
     """Embeddings of cohort images, computed in eval mode without gradients.
 
     Parameters
@@ -155,12 +162,12 @@ def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
     indices : array-like of int, optional
         Positions to embed (default: all, in order).
     batch_size : int, default 32
-    device : str or torch.device, default "cpu"
-    layer : {"projection", "encoder"}, optional
-        Which representation: ``"projection"`` (the L2-normalised projection-head output,
-        what the released code probes) or ``"encoder"`` (pooled encoder features). Default:
-        ``"projection"`` for a ContrastiveModel, ``"encoder"`` for a RegressionModel (which
-        has no projection head).
+    device : str or torch.device, optional
+        Default: the model's device (:func:`resolve_device`).
+    layer : {"encoder", "projection"}, default "encoder"
+        Which representation: ``"encoder"`` (pooled encoder features: what the paper's
+        probes and every brainkit design read) or ``"projection"`` (the L2-normalised
+        projection-head output the contrastive loss sees; ContrastiveModel only).
     amp, channels_last : bool, optional
         bf16 autocast and ``channels_last_3d`` input; default on for CUDA, off for CPU.
 
@@ -187,13 +194,12 @@ def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
     base = unwrap_model(model)
     if not hasattr(base, "embed"):
         raise TypeError(f"model {type(base).__name__} has no embed(x, layer=...) method")
-    layer = _default_layer(base) if layer is None else layer
     return _batched(model, cohort, indices, batch_size, device, amp, channels_last,
                     lambda m, x: m.embed(x, layer=layer))
 
 
 def predict_age(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
-                device: str | torch.device = "cpu", amp: bool | None = None,
+                device: str | torch.device | None = None, amp: bool | None = None,
                 channels_last: bool | None = None) -> np.ndarray:
     """Ages predicted by a :class:`brainkit.models.RegressionModel`.
 
@@ -221,7 +227,7 @@ def predict_age(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
-                          device: str | torch.device = "cpu") -> int:
+                          device: str | torch.device | None = None) -> int:
     """Recompute batch-norm running statistics on clean (unaugmented) images.
 
     Running means and variances are exponential averages collected while the weights move;
@@ -238,7 +244,8 @@ def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size:
     indices : array-like of int, optional
         Images to average over (use the training images; default all).
     batch_size : int, default 32
-    device : str or torch.device, default "cpu"
+    device : str or torch.device, optional
+        Default: the model's device (:func:`resolve_device`).
 
     Returns
     -------
@@ -258,7 +265,7 @@ def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size:
     try:
         _check_cohort(cohort, model)
         idx = resolve_indices(indices, len(cohort))
-        source = _host_batches(cohort, device)
+        source = _host_batches(cohort, resolve_device(device, model))
         for start in range(0, len(idx), batch_size):
             model(source.load(idx[start:start + batch_size]))
     finally:

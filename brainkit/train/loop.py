@@ -53,7 +53,7 @@ from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpo
     set_rng_state
 from .distributed import DistInfo, gather_views, setup_distributed, shard, shard_sizes, \
     teardown_distributed
-from .inference import embed, resolve_indices, unwrap_model
+from .inference import embed, resolve_device, resolve_indices, unwrap_model
 from .runs import model_config as describe_model
 from .runs import read_run_config, write_run_config
 
@@ -652,7 +652,7 @@ def _settings_of(config, settings: dict) -> tuple[object, dict, dict | None]:
 
 
 def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
-        device: str | torch.device = "cpu", resume: bool = False, compile: bool = False,
+        device: str | torch.device | None = None, resume: bool = False, compile: bool = False,
         amp: bool | None = None, channels_last: bool | None = None,
         cudnn_benchmark: bool | None = None, fused: bool | None = None,
         sync_batchnorm: bool = False, probe_every: int = 0, probe_indices=None,
@@ -718,8 +718,10 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
         (:func:`augment_views`, :func:`view_seed`).
     loss_kwargs : dict, optional
         Keyword arguments of ``make_loss`` when ``loss`` is a name.
-    device : str or torch.device, default "cpu"
-        ``"cuda"`` under torchrun means ``cuda:LOCAL_RANK``.
+    device : str or torch.device, optional
+        Default: CUDA when available, else the CPU
+        (:func:`brainkit.train.inference.resolve_device`). ``"cuda"`` under torchrun means
+        ``cuda:LOCAL_RANK``.
     seed : int, default 0
         Seeds the global generators at the start of a fresh run, the batch order and the
         augmentations. (Model initialisation happens before ``fit``: seed it yourself.)
@@ -897,7 +899,8 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
         else:
             train_record = {**train_record, "model": model_config}
 
-    info, device = setup_distributed(device)
+    info, device = setup_distributed(str(resolve_device(device)) if device in (None, "auto")
+                                     else device)
     if info.distributed and sync_batchnorm and device.type != "cuda":
         teardown_distributed(info)
         raise ValueError("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm has no CPU "

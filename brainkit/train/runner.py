@@ -15,14 +15,14 @@ import numpy as np
 
 from .checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from .config import TrainConfig
-from .inference import recalibrate_batchnorm, resolve_indices
+from .inference import recalibrate_batchnorm, resolve_device, resolve_indices
 from .loop import FitResult, fit
 from .runs import read_run_config, write_run_config
 
 __all__ = ["train_run"]
 
 
-def train_run(cohort, config: TrainConfig, *, out_dir, indices=None, device="cpu",
+def train_run(cohort, config: TrainConfig, *, out_dir, indices=None, device=None,
               resume: bool = False, progress: bool = False, **fit_options) -> FitResult:
     """Train the run ``config`` on ``cohort`` into ``out_dir``.
 
@@ -34,7 +34,8 @@ def train_run(cohort, config: TrainConfig, *, out_dir, indices=None, device="cpu
         The run folder (``config.json``, ``checkpoint.pt``, ``metrics.parquet``).
     indices : array-like of int, optional
         Training positions (default: every image), sorted before training.
-    device : str or torch.device, default "cpu"
+    device : str or torch.device, optional
+        Default: CUDA when available, else the CPU.
     resume : bool, default False
         Continue the run in ``out_dir`` (see :func:`brainkit.train.fit`).
     progress : bool, default False
@@ -51,6 +52,7 @@ def train_run(cohort, config: TrainConfig, *, out_dir, indices=None, device="cpu
         raise TypeError(f"config must be a brainkit.train.TrainConfig, got "
                         f"{type(config).__name__}")
     idx = np.sort(resolve_indices(indices, len(cohort), "indices"))
+    device = resolve_device(device)
     model = config.build_model()
     result = fit(model, cohort, config, out_dir=out_dir, indices=idx, device=device,
                  resume=resume, progress=progress, **fit_options)

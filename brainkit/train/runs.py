@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InputError, NonFiniteError
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, \
     nonfinite_tensors
-from .inference import unwrap_model
+from .inference import resolve_device, unwrap_model
 
 __all__ = [
     "CONFIG_NAME",
@@ -153,14 +153,16 @@ def save_model(model: nn.Module, run_dir: str | os.PathLike, *, extra: dict | No
     return run_dir
 
 
-def load_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(run_dir: str | os.PathLike, *,
+               device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a model from a run directory (``build_model(**config["model"])`` + weights).
 
     Parameters
     ----------
     run_dir : path-like
         Written by :func:`save_model` or :func:`brainkit.train.fit`.
-    device : str or torch.device, default "cpu"
+    device : str or torch.device, optional
+        Default: CUDA when available, else the CPU.
 
     Returns
     -------
@@ -209,4 +211,4 @@ def load_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu"
     grid = (config.get("data") or {}).get("grid_shape")
     if isinstance(grid, list) and len(grid) == 3:
         model.trained_grid_shape = tuple(int(g) for g in grid)
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()

@@ -25,14 +25,14 @@ def longitudinal_table(n_subjects=60, seed=0):
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("n_splits", [2, 5])
-def test_folds_partition_rows_and_never_split_a_subject(n_splits):
+@pytest.mark.parametrize("folds", [2, 5])
+def test_folds_partition_rows_and_never_split_a_subject(folds):
     table = longitudinal_table()
-    folds = subject_kfold(table, n_splits, seed=3)
-    assert len(folds) == n_splits
-    tests = np.concatenate([te for _, te in folds])
+    splits = subject_kfold(table, folds, seed=3)
+    assert len(splits) == folds
+    tests = np.concatenate([te for _, te in splits])
     assert np.array_equal(np.sort(tests), np.arange(len(table)))
-    for train, test in folds:
+    for train, test in splits:
         assert np.intersect1d(train, test).size == 0
         assert set(table.subject_id[train]).isdisjoint(table.subject_id[test])
         assert len(train) + len(test) == len(table)
@@ -66,7 +66,7 @@ def test_bad_arguments():
     table = longitudinal_table(4)
     with pytest.raises(ValueError, match="from 4 subjects"):
         subject_kfold(table, 5)
-    with pytest.raises(ValueError, match="n_splits must be an integer >= 2"):
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
         subject_kfold(table, 1)
     with pytest.raises(ValueError, match="no 'age' column"):
         subject_kfold(table.drop(columns="age"), 2)

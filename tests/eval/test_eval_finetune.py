@@ -133,7 +133,7 @@ def test_transfer_matrix_within_and_across(rng, encoder):
     x_b, y_b = planted_volumes(rng, 40)
     b = (x_b, 1 - y_b)
     res = transfer_matrix(encoder, {"A": a, "B": (*b, np.repeat(np.arange(20), 2))},
-                          epochs=12, lr=3e-2, batch_size=10, device="cpu", seed=0, n_splits=2)
+                          epochs=12, lr=3e-2, batch_size=10, device="cpu", seed=0, folds=2)
     table = res.table
     assert len(table) == 2 * 2 * 2
     assert set(map(tuple, table[["source", "target"]].values)) == {("A", "A"), ("A", "B"), ("B", "A"), ("B", "B")}

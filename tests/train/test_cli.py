@@ -40,12 +40,12 @@ def test_train_resume_and_embed(saved_synthetic, tmp_path, capsys):
     assert main(["embed", "--run", str(run), "--cohort", str(saved_synthetic), "--out",
                  str(tmp_path / "z.parquet"), "--device", "cpu"]) == 0
     table = pd.read_parquet(tmp_path / "z.parquet")
-    assert list(table.columns) == ["image_id"] + [f"z{i}" for i in range(ci.head_dims[-1])]
+    assert list(table.columns) == ["image_id"] + [f"z{i}" for i in range(ci.widths[-1])]
     assert table["image_id"].tolist() == cohort.table["image_id"].tolist()
     np.testing.assert_allclose(table.iloc[:, 1:].to_numpy(), expected, rtol=1e-6)
     assert main(["embed", "--run", str(run), "--cohort", str(saved_synthetic), "--out",
-                 str(tmp_path / "z.npy"), "--layer", "encoder"]) == 0
-    assert np.load(tmp_path / "z.npy").shape == (24, ci.widths[-1])
+                 str(tmp_path / "z.npy"), "--layer", "projection"]) == 0
+    assert np.load(tmp_path / "z.npy").shape == (24, ci.head_dims[-1])
     assert main(["embed", "--run", str(run), "--cohort", str(saved_synthetic), "--out",
                  str(tmp_path / "z.csv")]) == 2
     assert r".parquet or .npy" in capsys.readouterr().err

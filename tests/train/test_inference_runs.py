@@ -34,7 +34,7 @@ def contrastive():
 
 def test_embed_equals_eval_forward_in_any_batching(contrastive, toy_cohort):
     idx = np.array([5, 0, 17, 3, 9])
-    z = embed(contrastive, toy_cohort, idx, batch_size=2)
+    z = embed(contrastive, toy_cohort, idx, batch_size=2, layer="projection")
     assert z.shape == (5, 8) and z.dtype == np.float32
     assert contrastive.training  # mode restored
     contrastive.eval()
@@ -43,11 +43,12 @@ def test_embed_equals_eval_forward_in_any_batching(contrastive, toy_cohort):
         direct = contrastive(x).numpy()
         features = contrastive.encoder(x).numpy()
     np.testing.assert_allclose(z, direct, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(embed(contrastive, toy_cohort, idx, batch_size=5), z,
+    np.testing.assert_allclose(embed(contrastive, toy_cohort, idx, batch_size=5,
+                                     layer="projection"), z, rtol=1e-5, atol=1e-6)
+    # the default is the encoder's pooled features, what every probe reads
+    np.testing.assert_allclose(embed(contrastive, toy_cohort, idx), features,
                                rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(embed(contrastive, toy_cohort, idx, layer="encoder"), features,
-                               rtol=1e-5, atol=1e-6)
-    assert embed(contrastive, toy_cohort).shape == (len(toy_cohort), 8)
+    assert embed(contrastive, toy_cohort, layer="projection").shape == (len(toy_cohort), 8)
 
 
 def test_embed_and_predict_age_refuse_bad_input(contrastive, toy_cohort):
@@ -146,12 +147,13 @@ def test_a_loaded_model_refuses_a_cohort_on_another_grid(contrastive, toy_cohort
         batch_size=8, progress=False)
     model = load_model(tmp_path)
     assert model.trained_grid_shape == (16, 16, 16)
-    assert embed(model, toy_cohort, [0, 1]).shape == (2, 8)
+    assert embed(model, toy_cohort, [0, 1], layer="projection").shape == (2, 8)
     other = make_planted(4, shape=(12, 12, 12))
     with pytest.raises(InputError, match="trained on images of grid 16x16x16 but the cohort's "
                                          "grid is 12x12x12"):
         embed(model, other)
-    assert embed(contrastive, other).shape == (4, 8), "a model without a record is not checked"
+    assert embed(contrastive, other, layer="projection").shape == (4, 8), \
+        "a model without a record is not checked"
 
 
 def test_embed_names_images_whose_output_is_not_finite(contrastive, toy_cohort):
@@ -163,4 +165,4 @@ def test_embed_names_images_whose_output_is_not_finite(contrastive, toy_cohort):
                 layer.weight.mul_(1e38)
     with pytest.raises(NonFiniteError, match="output is NaN or inf for images .*img000.*"
                                              "although their voxels are finite"):
-        embed(contrastive, toy_cohort, [0, 1])
+        embed(contrastive, toy_cohort, [0, 1], layer="projection")  # the head overflows
