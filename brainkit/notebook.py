@@ -81,6 +81,11 @@ def setup(renderer: str = RENDERER_NAME, *, profile=None, store=None) -> BookCon
     pio.renderers.default = renderer
     # Progress bars in executed notebooks fall back to text without ipywidgets; say nothing.
     warnings.filterwarnings("ignore", message="IProgress not found")
+    # Announcements of future default changes in the libraries brainkit calls (a newer
+    # scikit-learn or pandas than the lock's) are not the reader's to act on; brainkit's own
+    # warnings and every other category still show (and fail the book build).
+    for module in ("sklearn", "pandas", "statsmodels", "nilearn", "neuroHarmonize"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
     prof = get_profile(profile)
     st = store if isinstance(store, ResultsStore) else default_store(store)
     return BookContext(profile=prof, store=st, device=prof.resolved_device())
