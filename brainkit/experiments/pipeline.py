@@ -157,7 +157,7 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
         image), ``training`` (per-epoch metrics); file ``model`` (``config.json`` +
         ``checkpoint.pt``, see :func:`brainkit.train.load_model`).
     """
-    from ..train import TrainConfig, embed, predict_age, train_run
+    from ..train import TrainConfig, embed_and_predict, train_run
 
     profile = get_profile(profile)
     store = store if store is not None else default_store()
@@ -176,14 +176,12 @@ def train_encoder(cohort, loss: str, train_idx, *, profile: str | Profile | None
         model = result.model
         ids = cohort.table["image_id"].to_numpy()
         tables = {"training": result.metrics}
-        z = embed(model, cohort, layer="encoder", device=dev)
+        z, out = embed_and_predict(model, cohort, device=dev)   # one pass for both
         tables["embeddings"] = _embedding_table(ids, z)
         if loss == "l1":
-            tables["age_pred"] = pd.DataFrame({"image_id": ids,
-                                               "age_pred": predict_age(model, cohort, device=dev)})
+            tables["age_pred"] = pd.DataFrame({"image_id": ids, "age_pred": out})
         else:
-            tables["projection"] = _embedding_table(
-                ids, embed(model, cohort, layer="projection", device=dev))
+            tables["projection"] = _embedding_table(ids, out)
         return RunOutput(tables=tables, files={"model": work_dir / "fit"},
                          info={"device": str(dev), "epochs_completed": result.epochs_completed})
 

@@ -118,6 +118,11 @@ class ContrastiveModel(nn.Module):
         z = self.head(self.encoder(x))
         return F.normalize(_at_least_float32(z), dim=1)
 
+    def features_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embed(x, "encoder"), forward(x))`` from one pass through the encoder."""
+        features = self.encoder(x)
+        return features, F.normalize(_at_least_float32(self.head(features)), dim=1)
+
     def embed(self, x: torch.Tensor, layer: str = "projection") -> torch.Tensor:
         """Embeddings for probes, from a named layer.
 
@@ -208,6 +213,12 @@ class RegressionModel(nn.Module):
         """
         out = self.head(self.encoder(x)).squeeze(-1)
         return _at_least_float32(out) * self.target_scale + self.target_mean
+
+    def features_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embed(x), forward(x))`` from one pass through the encoder."""
+        features = self.encoder(x)
+        out = _at_least_float32(self.head(features).squeeze(-1))
+        return features, out * self.target_scale + self.target_mean
 
     def embed(self, x: torch.Tensor, layer: str = "encoder") -> torch.Tensor:
         """Embeddings for probes: the pooled encoder features.

@@ -6,14 +6,15 @@
 - :func:`fit`: train a contrastive model (any loss of :mod:`brainkit.losses`) or the L1
   regression baseline; resumable (checkpoint every epoch and on SIGTERM / SIGINT),
   bf16 / channels-last / fused Adam on CUDA, DistributedDataParallel under ``torchrun``.
-- :func:`embed`, :func:`predict_age`: batched, gradient-free inference on a cohort.
+- :func:`embed`, :func:`predict_age`, :func:`embed_and_predict`: batched, gradient-free
+  inference on a cohort.
 - :func:`save_model`, :func:`load_model`: run directories (``config.json`` +
   ``checkpoint.pt``) from which :func:`brainkit.models.build_model` rebuilds a model.
 """
 
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint
 from .config import TrainConfig
-from .inference import embed, predict_age, recalibrate_batchnorm
+from .inference import embed, embed_and_predict, predict_age, recalibrate_batchnorm
 from .loop import (
     METRICS_NAME,
     FitResult,
@@ -45,6 +46,7 @@ __all__ = [
     "load_model",
     "model_config",
     "predict_age",
+    "embed_and_predict",
     "read_run_config",
     "recalibrate_batchnorm",
     "save_model",

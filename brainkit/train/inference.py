@@ -72,6 +72,18 @@ def _check_cohort(cohort, model: nn.Module | None = None) -> None:
             f"cohort's grid is {'x'.join(map(str, cohort.grid_shape))} (another voxel size?); "
             "embed a cohort on the run's grid (e.g. brainkit cohort import --grid-mm with the "
             "run's voxel size)")
+    affine = getattr(unwrap_model(model), "trained_grid_affine", None) if model is not None \
+        else None
+    if affine is not None and getattr(cohort, "affine", None) is not None \
+            and not np.allclose(np.asarray(cohort.affine, dtype=float), affine, atol=1e-3):
+        from brainkit.errors import InputError
+
+        raise InputError(
+            "the cohort's grid has the model's shape but another affine (voxel size "
+            f"{np.sqrt((np.asarray(cohort.affine)[:3, :3] ** 2).sum(0)).round(3).tolist()} mm, "
+            f"origin {np.asarray(cohort.affine)[:3, 3].round(2).tolist()}; trained on "
+            f"{np.sqrt((affine[:3, :3] ** 2).sum(0)).round(3).tolist()} mm, origin "
+            f"{affine[:3, 3].round(2).tolist()}); import the scans onto the run's grid")
 
 
 def _ids(cohort, positions) -> list[str]:
@@ -196,6 +208,49 @@ def embed(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
         raise TypeError(f"model {type(base).__name__} has no embed(x, layer=...) method")
     return _batched(model, cohort, indices, batch_size, device, amp, channels_last,
                     lambda m, x: m.embed(x, layer=layer))
+
+
+def embed_and_predict(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
+                      device: str | torch.device | None = None, amp: bool | None = None,
+                      channels_last: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder features and the model's output from one forward pass per batch.
+
+    What ``embed(..., layer="encoder")`` and either ``embed(..., layer="projection")`` (a
+    ContrastiveModel) or :func:`predict_age` (a RegressionModel) return, for half the cost
+    of calling both: every trained run of the book stores both for every image.
+
+    Parameters
+    ----------
+    model : ContrastiveModel or RegressionModel
+    cohort, indices, batch_size, device, amp, channels_last
+        As :func:`embed`.
+
+    Returns
+    -------
+    features : numpy.ndarray of shape (n, F), float32
+    output : numpy.ndarray
+        Shape ``(n, head_dims[-1])`` float32 projections, or ``(n,)`` float64 ages.
+    """
+    from brainkit.models import RegressionModel
+
+    base = unwrap_model(model)
+    if not hasattr(base, "features_and_output"):
+        raise TypeError(f"model {type(base).__name__} has no features_and_output(x) method")
+
+    def both(m, x):
+        features, out = m.features_and_output(x)
+        return torch.cat([_at_least_2d(features.float()), _at_least_2d(out.float())], dim=1)
+
+    joined = _batched(model, cohort, indices, batch_size, device, amp, channels_last, both)
+    width = joined.shape[1] - (1 if isinstance(base, RegressionModel) else base.out_features)
+    features, out = joined[:, :width], joined[:, width:]
+    if isinstance(base, RegressionModel):
+        return features, out[:, 0].astype(np.float64)
+    return features, out
+
+
+def _at_least_2d(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(len(t), -1)
 
 
 def predict_age(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,

@@ -456,6 +456,8 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
     saved_data = dict(saved.get("data") or {})
     now_data = dict(current["data"])
     before, after = saved_data.pop("cohort_hash", None), now_data.pop("cohort_hash", None)
+    if "grid_affine" not in saved_data:     # runs written before brainkit recorded it
+        now_data.pop("grid_affine", None)
     if before != after:
         problems.append(f"the cohort's content differs from the one the run was trained on "
                         f"(content hash saved {str(before)[:12]}..., now {str(after)[:12]}...: "
@@ -1009,7 +1011,9 @@ class _Trainer:
             "data": {"cohort_hash": self.cohort.content_hash,
                      "n_train": int(len(self.train_idx)),
                      "train_indices_sha256": _indices_digest(self.train_idx),
-                     "grid_shape": [int(s) for s in self.cohort.grid_shape]},
+                     "grid_shape": [int(s) for s in self.cohort.grid_shape],
+                     "grid_affine": np.round(np.asarray(self.cohort.affine, dtype=float),
+                                             6).tolist()},
         }
         if self.probe_idx is not None:
             config["data"]["probe_indices_sha256"] = _indices_digest(self.probe_idx)

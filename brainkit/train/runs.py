@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -169,8 +170,9 @@ def load_model(run_dir: str | os.PathLike, *,
     ContrastiveModel or RegressionModel
         On ``device``, in eval mode. When the run recorded the grid it was trained on
         (``config.json``'s ``data.grid_shape``, written by :func:`brainkit.train.fit`), the
-        model carries it as ``trained_grid_shape``: :func:`brainkit.train.embed` and
-        :func:`brainkit.train.predict_age` then refuse a cohort on another grid.
+        model carries it as ``trained_grid_shape`` (and ``trained_grid_affine``, when
+        recorded): :func:`brainkit.train.embed` and :func:`brainkit.train.predict_age` then
+        refuse a cohort on another grid.
 
     Raises
     ------
@@ -211,4 +213,7 @@ def load_model(run_dir: str | os.PathLike, *,
     grid = (config.get("data") or {}).get("grid_shape")
     if isinstance(grid, list) and len(grid) == 3:
         model.trained_grid_shape = tuple(int(g) for g in grid)
+    affine = (config.get("data") or {}).get("grid_affine")
+    if affine is not None:
+        model.trained_grid_affine = np.asarray(affine, dtype=float)
     return model.to(resolve_device(device)).eval()

@@ -11,6 +11,7 @@ import torch
 from brainkit.models import build_model
 from brainkit.train import (
     embed,
+    embed_and_predict,
     load_checkpoint,
     load_model,
     model_config,
@@ -77,6 +78,24 @@ def test_predict_age_and_regression_embeddings(toy_cohort):
         # a regression model embeds with its encoder by default (it has no projection)
         np.testing.assert_allclose(embed(reg, toy_cohort, [4, 2]), reg.encoder(x).numpy(),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["contrastive", "regression"])
+def test_embed_and_predict_is_both_passes_in_one(kind, contrastive, toy_cohort):
+    if kind == "contrastive":
+        model, output = contrastive, lambda m, i, b: embed(m, toy_cohort, i, batch_size=b,
+                                                            layer="projection")
+    else:
+        torch.manual_seed(1)
+        model = build_model("regression", widths=WIDTHS, target_mean=50.0, target_scale=10.0)
+        torch.nn.init.normal_(model.head.weight, std=0.1)
+        output = lambda m, i, b: predict_age(m, toy_cohort, i, batch_size=b)  # noqa: E731
+    idx = np.array([3, 0, 11, 7, 2])
+    features, out = embed_and_predict(model, toy_cohort, idx, batch_size=2)
+    np.testing.assert_array_equal(features, embed(model, toy_cohort, idx, batch_size=2))
+    np.testing.assert_array_equal(out, output(model, idx, 2))
+    assert out.dtype == (np.float32 if kind == "contrastive" else np.float64)
+    assert out.shape == ((5, 8) if kind == "contrastive" else (5,))
 
 
 @pytest.mark.parametrize("kind", ["contrastive", "regression"])
