@@ -21,6 +21,8 @@ loss and seed and stack the tables. Runs shared by several designs (the largest 
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -273,7 +275,7 @@ class SingleVsMerge(Design):
     name = "single_vs_merge"
     defaults = {"single_datasets": None}
 
-    def _pools(self, cohort, params, profile):
+    def _all_pools(self, cohort, params, profile):
         split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
         chosen = params.get("single_datasets")
         if chosen is not None:
@@ -285,13 +287,19 @@ class SingleVsMerge(Design):
                    if chosen is None or name in chosen]
         return split, singles
 
+    def _pools(self, cohort, params, profile, seed=None):
+        split, singles = self._all_pools(cohort, params, profile)
+        if seed is not None and not profile.trains_singles(seed):
+            singles = []
+        return split, singles
+
     def plan(self, cohort, loss, seed, params, profile):
-        split, singles = self._pools(cohort, params, profile)
+        split, singles = self._pools(cohort, params, profile, seed)
         return [RunSpec.of(loss, pool, seed) for _, pool in singles] + \
             [RunSpec.of(loss, split.merged, seed)]
 
     def evaluate(self, cohort, runs, loss, seed, params, profile, store, device=None):
-        split, singles = self._pools(cohort, params, profile)
+        split, singles = self._pools(cohort, params, profile, seed)
         table = cohort.table
         age = table["age"].to_numpy(dtype=float)
         rows, frames = [], []
@@ -703,8 +711,13 @@ def _voxel_transfer(cohort, data: dict, *, folds: int, seed: int, store) -> dict
                 k = int(min(64, len(tr) - 1))
                 model = make_pipeline(PCA(n_components=k, random_state=0), StandardScaler(),
                                       LogisticRegressionCV(Cs=10, cv=3, max_iter=2000,
-                                                           class_weight="balanced"))
-                model.fit(x[tr], y[tr])
+                                                           class_weight="balanced",
+                                                           scoring="accuracy"))
+                with warnings.catch_warnings():
+                    # scikit-learn >= 1.9 announces default changes (l1_ratios, fitted
+                    # attributes) that do not change this l2 fit; a notebook would show them.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model.fit(x[tr], y[tr])
                 for target in data:
                     idx = te if target == source else np.arange(len(labels[target]))
                     prob = model.predict_proba(images[target][idx])[:, 1]
