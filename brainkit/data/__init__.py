@@ -27,6 +27,7 @@ from .cohort import (
     concat,
     validate_table,
 )
+from .bids import bids_table, import_bids, write_bids
 from .check import CheckReport, check_dataset
 from .manifests import ManifestError, list_manifests, load_manifest
 from .nifti import ImageError, import_nifti
@@ -38,6 +39,7 @@ from .realdata import fcon1000_table, label_mci_conversion, oasis1_table, oasis2
 from .synthetic import make_cohort, make_merged
 from .splits import (
     LeakageError,
+    calibration_split,
     check_no_leakage,
     official_split,
     subject_kfold,
@@ -47,6 +49,8 @@ from .splits import (
 __all__ = [
     "AUGMENTATIONS",
     "ArraySource",
+    "bids_table",
+    "calibration_split",
     "COLUMNS",
     "DIAGNOSES",
     "OPTIONAL_COLUMNS",
@@ -67,6 +71,7 @@ __all__ = [
     "GaussianNoise",
     "ImageError",
     "ImageSource",
+    "import_bids",
     "import_nifti",
     "IntensityScale",
     "label_mci_conversion",
@@ -92,4 +97,5 @@ __all__ = [
     "subject_subset",
     "unmask",
     "validate_table",
+    "write_bids",
 ]

@@ -120,13 +120,65 @@ def _check(args) -> int:
     return 0 if report.ok else 1
 
 
+def pairs(values, option: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}`` (an --option given as KEY=VALUE)."""
+    from brainkit.errors import InputError
+
+    out = {}
+    for value in values or ():
+        key, sep, text = value.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise InputError(f"{option} {value!r}: expected KEY=VALUE")
+        out[key.strip()] = text.strip()
+    return out
+
+
+def bids_options(args) -> dict:
+    """The BIDS-reading options shared by ``cohort import --bids`` and ``predict --bids``."""
+    return {"derivatives": args.derivatives, "suffix": args.suffix,
+            "filters": pairs(args.filter, "--filter"), "match": args.match,
+            "columns": pairs(args.column, "--column"), "defaults": pairs(args.set, "--set")}
+
+
+def add_bids_arguments(parser) -> None:
+    """``--derivatives --suffix --filter --match --column --set`` on ``parser``."""
+    parser.add_argument("--derivatives", default=None, metavar="NAME",
+                        help="read the images of derivatives/NAME (e.g. cat12, fmriprep) "
+                             "instead of the raw anat/ images")
+    parser.add_argument("--suffix", default="T1w",
+                        help="BIDS suffix of the images (default T1w; e.g. probseg)")
+    parser.add_argument("--filter", action="append", metavar="ENTITY=VALUE",
+                        help="keep images with this BIDS entity, e.g. run=1, label=GM, "
+                             "space=MNI152NLin2009cAsym (repeatable)")
+    parser.add_argument("--match", default=None, metavar="PATTERN",
+                        help="keep files whose name matches this pattern (e.g. 'mwp1*')")
+    parser.add_argument("--column", action="append", metavar="NAME=COLUMN",
+                        help="read brainkit's NAME (age, sex, diagnosis, site, tiv) from this "
+                             "column of participants.tsv / sessions.tsv (repeatable)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="value of a column the tables lack, e.g. diagnosis=HC "
+                             "(repeatable)")
+
+
 def _import(args) -> int:
+    from brainkit.errors import InputError
+
     from .nifti import import_nifti
 
     # Table / image problems, a non-empty --out or a folder in use: one line and exit 2
     # (brainkit.cli.main); SIGTERM / Ctrl-C: what was written is removed, exit 128 + N.
-    cohort = import_nifti(args.table, args.images, args.out, grid_mm=args.grid_mm,
-                          allow=args.allow, progress=not args.no_progress)
+    if args.bids is not None:
+        if args.table is not None or args.images is not None:
+            raise InputError("give either --bids DIR or a TABLE with --images, not both")
+        from .bids import import_bids
+
+        cohort = import_bids(args.bids, args.out, grid_mm=args.grid_mm, allow=args.allow,
+                             progress=not args.no_progress, **bids_options(args))
+    else:
+        if args.table is None or args.images is None:
+            raise InputError("give a TABLE and --images FOLDER, or --bids DIR")
+        cohort = import_nifti(args.table, args.images, args.out, grid_mm=args.grid_mm,
+                              allow=args.allow, progress=not args.no_progress)
     print(f"{cohort} -> {args.out}")
     return 0
 
@@ -248,11 +300,16 @@ def register(subparsers) -> None:
                                                   "an OpenBHB download")
     csub = cohort.add_subparsers(dest="cohort_command", metavar="SUBCOMMAND")
     cohort.set_defaults(func=lambda args: (cohort.print_help(file=sys.stderr), 2)[1])
-    imp = csub.add_parser("import", help="import a table and a folder of NIfTI images as a "
-                                         "cohort")
-    imp.add_argument("table", help="TSV / CSV in the brainkit vocabulary (one row per image)")
-    imp.add_argument("--images", required=True,
+    imp = csub.add_parser("import", help="import a table and a folder of NIfTI images, or a "
+                                         "BIDS dataset, as a cohort")
+    imp.add_argument("table", nargs="?", default=None,
+                     help="TSV / CSV in the brainkit vocabulary (one row per image)")
+    imp.add_argument("--images", default=None,
                      help="folder holding {image_id}.nii or {image_id}.nii.gz for every row")
+    imp.add_argument("--bids", default=None, metavar="DIR",
+                     help="a BIDS dataset instead: participants.tsv, sub-*/[ses-*/]anat/"
+                          "*_T1w.nii[.gz], sub-*/sub-*_sessions.tsv (age per session)")
+    add_bids_arguments(imp)
     imp.add_argument("--out", required=True, help="new cohort folder")
     imp.add_argument("--grid-mm", type=float, default=None,
                      help="resample to the MNI grid with this voxel size (e.g. 1.5, 3, 6); "

@@ -444,7 +444,7 @@ def _fill_cohort(table: pd.DataFrame, shape: tuple[int, int, int], affine: np.nd
             lock.release()
 
 
-def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
+def import_nifti(table, images_dir: str | os.PathLike | None, out: str | os.PathLike,
                  grid_mm: float | None = None, *, allow=None, progress: bool = True) -> Cohort:
     """Import a folder of NIfTI images and their table as a brainkit cohort.
 
@@ -453,9 +453,10 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
     table : pandas.DataFrame or path-like
         One row per image in the brainkit vocabulary (:data:`brainkit.data.COLUMNS`; a
         ``.tsv`` or ``.csv`` file is read with :func:`brainkit.data.realdata.read_table`).
-    images_dir : path-like
+    images_dir : path-like or None
         Folder holding ``{image_id}.nii`` or ``{image_id}.nii.gz`` for every row. Files that
-        match no row are ignored with a warning.
+        match no row are ignored with a warning. ``None``: the table's ``path`` column names
+        each row's file (what :func:`brainkit.data.bids.bids_table` gives).
     out : path-like
         New (or empty) folder for the cohort (:meth:`Cohort.save` layout). It is locked
         while the import runs; leftovers of an interrupted import into it are replaced.
@@ -474,7 +475,8 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
     -------
     Cohort
         The saved cohort, memory-mapped from ``out``; the table gains a ``path`` column (the
-        source file of each image; any ``path`` column given is replaced).
+        source file of each image; with an ``images_dir``, any ``path`` column given is
+        replaced).
 
     Raises
     ------
@@ -511,16 +513,40 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
         source = str(table)
         table = read_table(table)
     check_subjects(table, source=source, allow=allow & set(SUBJECT_CHECKS))
-    folder = Path(images_dir)
+    out = Path(out)
+    if images_dir is None:
+        check_out_folder(out)
+        paths, problems = _listed_paths(table, source)
+    else:
+        paths, problems = _folder_paths(table, Path(images_dir), out)
+    if problems:
+        raise ImageError(_listing(problems, "row(s) without an image"))
+    return _import_paths(table, paths, out, grid_mm, allow=allow, progress=progress)
+
+
+def _listed_paths(table: pd.DataFrame, source: str) -> tuple[list[Path], list[str]]:
+    """Each row's file from the table's ``path`` column."""
+    from ..errors import InputError
+
+    if "path" not in table:
+        raise InputError(f"{source}: images_dir is None but the table has no 'path' column "
+                         "(give the images folder, or a 'path' per row)")
+    paths, problems = [], []
+    for i, value in enumerate(table["path"]):
+        path = Path(str(value)) if isinstance(value, (str, os.PathLike)) and str(value) else None
+        if path is None or not path.is_file():
+            problems.append(f"{_row_label(table, i)}: no file {str(value)!r}")
+        paths.append(path)
+    return paths, problems
+
+
+def _folder_paths(table: pd.DataFrame, folder: Path, out: Path) -> tuple[list[Path], list[str]]:
+    """Each row's ``{image_id}.nii[.gz]`` in ``folder``."""
     if not folder.is_dir():
         from ..errors import MissingFileError
 
         raise MissingFileError(f"images folder {str(folder)!r} does not exist")
-    out = Path(out)
     check_out_folder(out)
-    target = None if grid_mm is None else mni_grid(grid_mm)
-
-    # 1. every row has one file
     paths: list[Path] = []
     problems: list[str] = []
     for i, image_id in enumerate(table["image_id"]):
@@ -539,14 +565,22 @@ def import_nifti(table, images_dir: str | os.PathLike, out: str | os.PathLike,
                             f"in {folder}")
         paths.append(found)
     if problems:
-        raise ImageError(_listing(problems, "row(s) without an image"))
+        return paths, problems
     known = set(table["image_id"])
     extra = sorted(p.name for p in folder.iterdir()
                    if p.name.endswith((".nii", ".nii.gz"))
                    and p.name.removesuffix(".gz").removesuffix(".nii") not in known)
     if extra:
         warnings.warn(f"{len(extra)} image(s) in {folder} match no table row and are ignored: "
-                      f"{extra[:5]}{' ...' if len(extra) > 5 else ''}", stacklevel=2)
+                      f"{extra[:5]}{' ...' if len(extra) > 5 else ''}", stacklevel=3)
+    return paths, problems
+
+
+def _import_paths(table: pd.DataFrame, paths: list[Path], out: Path, grid_mm, *, allow,
+                  progress: bool) -> Cohort:
+    """Read, check, resample and save the images ``paths`` (one per row of ``table``)."""
+    target = None if grid_mm is None else mni_grid(grid_mm)
+    problems: list[str] = []
 
     # 2. headers: readable, 3-D, plausible affine
     grids: list[tuple[tuple[int, int, int], np.ndarray]] = []

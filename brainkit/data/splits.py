@@ -12,8 +12,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .cohort import SPLITS
 
-__all__ = ["LeakageError", "subject_kfold", "subject_subset", "check_no_leakage",
-           "official_split"]
+__all__ = ["LeakageError", "subject_kfold", "subject_subset", "calibration_split",
+           "check_no_leakage", "official_split"]
 
 
 class LeakageError(AssertionError):
@@ -128,6 +128,51 @@ def subject_subset(table: pd.DataFrame, indices, size: int, *, seed: int = 0,
     counts = pd.Series(subjects).value_counts().reindex(order).to_numpy()
     take = order[:int(np.searchsorted(np.cumsum(counts), size) + 1)]
     return rows[np.isin(subjects, take)]
+
+
+def calibration_split(table: pd.DataFrame, fraction: float, *, seed: int = 0,
+                      indices=None) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole healthy subjects to calibrate a model on: ``(train, held_out)``.
+
+    The held-out part is ``fraction`` of the healthy-control images, drawn as whole subjects
+    healthy at every session (:func:`subject_subset`, stratified by baseline age); it is what
+    the bias correction and the prediction intervals of a run are fitted on
+    (:class:`brainkit.eval.BrainAgeModel`), so the model never trains on it. Every other row
+    (patients included) trains.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Cohort table (``subject_id``, ``age``, ``diagnosis``).
+    fraction : float
+        In (0, 1): the share of healthy-control images to hold out.
+    seed : int, default 0
+    indices : array-like of int, optional
+        Rows to split (default: all).
+
+    Returns
+    -------
+    train, held_out : numpy.ndarray of int
+        Sorted, disjoint positions; no subject in both.
+    """
+    from ..errors import InputError
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) \
+            or not 0.0 < float(fraction) < 1.0:
+        raise InputError(f"hold-out fraction must be in (0, 1), e.g. 0.2; got {fraction!r}")
+    rows = np.arange(len(table)) if indices is None else np.sort(np.asarray(indices, np.int64))
+    subjects = table["subject_id"].astype(str).to_numpy()
+    healthy = table["diagnosis"].astype(str).to_numpy() == "HC"
+    always = pd.Series(healthy[rows]).groupby(subjects[rows]).all()
+    candidates = rows[always.loc[subjects[rows]].to_numpy()]
+    size = int(round(float(fraction) * len(candidates)))
+    if size < 1 or len(candidates) - size < 0:
+        raise InputError(f"hold-out fraction {fraction}: {len(candidates)} healthy-control "
+                         "image(s) give no held-out image; use a larger fraction or cohort")
+    held = subject_subset(table, candidates, size, seed=seed)
+    train = np.setdiff1d(rows, held)
+    check_no_leakage(table, train, held)
+    return train, held
 
 
 def check_no_leakage(table: pd.DataFrame, train_idx, test_idx, *, subject: str = "subject_id") -> None:
