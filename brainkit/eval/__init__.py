@@ -8,6 +8,7 @@ objects; plotting lives in :mod:`brainkit.plots`.
 
 from .bag import (
     AgeBiasCorrector,
+    CovariateCorrector,
     RocCurve,
     bag_roc,
     bag_summary,
@@ -15,6 +16,7 @@ from .bag import (
     crossfit_correct,
 )
 from .baseline import RELATIVE_ALPHAS, VoxelRidge
+from .brainage import BrainAgeModel
 from .calibration import (
     TemperatureScaler,
     brier_score,
@@ -74,6 +76,8 @@ __all__ = [
     # brain-age gap
     "brain_age_gap",
     "AgeBiasCorrector",
+    "CovariateCorrector",
+    "BrainAgeModel",
     "crossfit_correct",
     "bag_summary",
     "RocCurve",

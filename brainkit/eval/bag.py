@@ -27,7 +27,8 @@ from brainkit.eval._validation import (
     same_length,
 )
 
-__all__ = ["brain_age_gap", "AgeBiasCorrector", "crossfit_correct", "bag_summary",
+__all__ = ["brain_age_gap", "AgeBiasCorrector", "CovariateCorrector", "crossfit_correct",
+           "bag_summary",
            "RocCurve", "bag_roc"]
 
 
@@ -164,8 +165,172 @@ class AgeBiasCorrector:
             return age_pred - (self.slope_ * age + self.intercept_)
         return (age_pred - self.intercept_) / self.slope_
 
+    def to_dict(self) -> dict:
+        """The fitted line, for a JSON file (:meth:`from_dict` reads it back)."""
+        if not hasattr(self, "slope_"):
+            raise RuntimeError("this AgeBiasCorrector is not fitted yet")
+        return {"method": self.method, "slope": self.slope_, "intercept": self.intercept_,
+                "n_samples": self.n_samples_}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> AgeBiasCorrector:
+        out = cls(state["method"])
+        out.slope_ = float(state["slope"])
+        out.intercept_ = float(state["intercept"])
+        out.n_samples_ = int(state["n_samples"])
+        return out
+
     def __repr__(self) -> str:
         return f"AgeBiasCorrector(method={self.method!r})"
+
+
+#: Terms a :class:`CovariateCorrector` can adjust for.
+COVARIATE_TERMS: tuple[str, ...] = ("age", "age2", "sex", "site", "tiv")
+
+
+class CovariateCorrector:
+    """Covariate adjustment of the brain-age gap: ``gap ~ 1 + age + age^2 + sex + site + tiv``.
+
+    Fit the regression of the gap on the covariates by least squares on **healthy controls'
+    held-out predictions**, then subtract its prediction: the corrected gap of the fitting
+    controls is uncorrelated with every term (the "age as covariate" practice, extended to
+    the nuisance variables a study wants out of the gap). With ``terms=("age",)`` it equals
+    :class:`AgeBiasCorrector` ``("beheshti")``.
+
+    Parameters
+    ----------
+    terms : sequence of str, default ("age", "age2", "sex")
+        Any of :data:`COVARIATE_TERMS`: ``age`` and ``age2`` (age centred on the fitting
+        mean, and its square), ``sex`` (F = 1), ``site`` (one offset per fitting site,
+        sum-to-zero coded: a site it never saw gets the average site, offset 0) and ``tiv``
+        (standardised on the fitting data).
+
+    Attributes
+    ----------
+    coef_ : dict
+        Term name -> coefficient (years of gap per unit), ``"intercept"`` included.
+    sites_ : list of str
+        The fitting sites (``site`` term).
+    center_ : dict
+        ``age_mean``, ``tiv_mean``, ``tiv_sd`` of the fitting data.
+    n_samples_ : int
+    """
+
+    def __init__(self, terms=("age", "age2", "sex")):
+        self.terms = tuple(terms)
+
+    def _check_terms(self) -> tuple[str, ...]:
+        bad = [t for t in self.terms if t not in COVARIATE_TERMS]
+        if bad or not self.terms:
+            raise ValueError(f"terms must be a non-empty subset of {COVARIATE_TERMS}; got "
+                             f"{list(self.terms)}")
+        return tuple(t for t in COVARIATE_TERMS if t in self.terms)
+
+    def _design(self, age, covariates) -> tuple[np.ndarray, list[str]]:
+        n = len(age)
+        columns, names = [np.ones(n)], ["intercept"]
+        centred = age - self.center_["age_mean"]
+        for term in self._check_terms():
+            if term == "age":
+                columns.append(centred)
+                names.append("age")
+            elif term == "age2":
+                columns.append(centred ** 2)
+                names.append("age2")
+            elif term == "sex":
+                sex = _column(covariates, "sex", n).astype(str)
+                bad = ~np.isin(sex, ("M", "F"))
+                if bad.any():
+                    raise ValueError(f"covariate 'sex' must be M or F; got {sex[bad][:3]}")
+                columns.append((sex == "F").astype(float))
+                names.append("sex[F]")
+            elif term == "tiv":
+                tiv = np.asarray(_column(covariates, "tiv", n), dtype=float)
+                if not np.isfinite(tiv).all():
+                    raise ValueError("covariate 'tiv' has missing or non-finite values")
+                columns.append((tiv - self.center_["tiv_mean"]) / self.center_["tiv_sd"])
+                names.append("tiv")
+            elif term == "site":
+                site = _column(covariates, "site", n).astype(str)
+                for level in self.sites_[1:]:   # sum-to-zero: the first site is -1 everywhere
+                    columns.append((site == level).astype(float)
+                                   - (site == self.sites_[0]).astype(float))
+                    names.append(f"site[{level}]")
+        return np.column_stack(columns), names
+
+    def fit(self, age, age_pred, covariates=None) -> CovariateCorrector:
+        """Fit on healthy controls' held-out predictions.
+
+        Parameters
+        ----------
+        age, age_pred : array-like of shape (n_samples,)
+        covariates : pandas.DataFrame, optional
+            Columns ``sex`` / ``site`` / ``tiv`` as the terms need, rows aligned.
+        """
+        terms = self._check_terms()
+        age = as_1d_float(age, "age")
+        age_pred = as_1d_float(age_pred, "age_pred")
+        n = same_length(age=age, age_pred=age_pred)
+        self.center_ = {"age_mean": float(age.mean()), "tiv_mean": 0.0, "tiv_sd": 1.0}
+        if "tiv" in terms:
+            tiv = np.asarray(_column(covariates, "tiv", n), dtype=float)
+            if not np.isfinite(tiv).all() or tiv.std() == 0:
+                raise ValueError("covariate 'tiv' must be finite and vary to be adjusted for")
+            self.center_.update(tiv_mean=float(tiv.mean()), tiv_sd=float(tiv.std()))
+        self.sites_ = (sorted(set(_column(covariates, "site", n).astype(str)))
+                       if "site" in terms else [])
+        x, names = self._design(age, covariates)
+        if n <= x.shape[1]:
+            raise ValueError(f"fit needs more than {x.shape[1]} predictions for terms "
+                             f"{list(terms)}; got {n}")
+        if np.linalg.matrix_rank(x) < x.shape[1]:
+            raise ValueError(f"the covariates {list(terms)} are collinear on these {n} "
+                             "predictions (e.g. one sex, or site confounded with age)")
+        beta, *_ = np.linalg.lstsq(x, age_pred - age, rcond=None)
+        self.coef_ = {name: float(b) for name, b in zip(names, beta)}
+        self.n_samples_ = int(n)
+        return self
+
+    def adjustment(self, age, covariates=None) -> np.ndarray:
+        """The part of the gap the covariates explain, per image (years)."""
+        if not hasattr(self, "coef_"):
+            raise RuntimeError("this CovariateCorrector is not fitted yet; call fit first")
+        age = as_1d_float(age, "age")
+        x, names = self._design(age, covariates)
+        return x @ np.array([self.coef_[name] for name in names])
+
+    def correct(self, age, age_pred, covariates=None) -> np.ndarray:
+        """Corrected predicted ages: ``age_pred - adjustment``."""
+        age_pred = as_1d_float(age_pred, "age_pred")
+        adjustment = self.adjustment(age, covariates)
+        same_length(age=adjustment, age_pred=age_pred)
+        return age_pred - adjustment
+
+    def to_dict(self) -> dict:
+        return {"method": "covariates", "terms": list(self._check_terms()),
+                "coef": dict(self.coef_), "sites": list(self.sites_),
+                "center": dict(self.center_), "n_samples": self.n_samples_}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> CovariateCorrector:
+        out = cls(state["terms"])
+        out.coef_ = {k: float(v) for k, v in state["coef"].items()}
+        out.sites_ = [str(s) for s in state.get("sites", [])]
+        out.center_ = {k: float(v) for k, v in state["center"].items()}
+        out.n_samples_ = int(state["n_samples"])
+        return out
+
+    def __repr__(self) -> str:
+        return f"CovariateCorrector(terms={self.terms!r})"
+
+
+def _column(covariates, name: str, n: int) -> np.ndarray:
+    if covariates is None or name not in covariates:
+        raise ValueError(f"the covariate term {name!r} needs a {name!r} column in covariates")
+    values = np.asarray(covariates[name])
+    if len(values) != n:
+        raise ValueError(f"covariates[{name!r}] has {len(values)} rows for {n} predictions")
+    return values
 
 
 def bag_summary(table: pd.DataFrame, value: str = "bag", group="diagnosis", *,

@@ -1,4 +1,5 @@
-"""``brainkit report``: an evaluation report of a table of brain-age predictions.
+"""``brainkit predict`` (brain age of new scans) and ``brainkit report`` (an evaluation
+report of a table of brain-age predictions).
 
 The table is a TSV or CSV, one row per image, with ``age`` and a predicted age: the
 ``predicted_age`` column, else brainkit's ``age_pred``, else ``age + bag``. Bias-corrected
@@ -27,7 +28,8 @@ CORRECTED = "predicted_age_corrected"
 def prediction_columns(table, source: str = "table"):
     """Add ``predicted_age`` / ``predicted_age_corrected`` when a table has other names.
 
-    Returns the table (a copy when columns were added) and notes saying what was derived.
+    Returns the table (a copy when columns were added, without the rows whose age is
+    missing: scans predicted without one) and notes saying what was derived or left out.
 
     Raises
     ------
@@ -37,8 +39,15 @@ def prediction_columns(table, source: str = "table"):
     if "age" not in table.columns:
         raise InputError(f"{source}: missing column 'age' (chronological age); it has "
                          f"{list(table.columns)}")
+    import pandas as pd
+
     notes = []
     added = {}
+    no_age = pd.to_numeric(table["age"], errors="coerce").isna() & (
+        table["age"].isna() | table["age"].astype(str).str.strip().isin(("", "n/a", "nan")))
+    if no_age.any():   # scans predicted without an age (brainkit predict writes n/a)
+        table = table[~no_age.to_numpy()].reset_index(drop=True)
+        notes.append(f"{int(no_age.sum())} row(s) without an age (n/a) are left out.")
     if PREDICTED not in table.columns:
         if "age_pred" in table.columns:
             added[PREDICTED] = table["age_pred"]
@@ -109,8 +118,56 @@ def _report(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from brainkit.eval.brainage import BrainAgeModel, write_predictions
+
+    if (args.cohort is None) == (args.bids is None):
+        raise InputError("give one of --cohort DIR or --bids DIR")
+    model = BrainAgeModel.load(args.run, device=args.device)
+    if args.cohort is not None:
+        from brainkit.data import Cohort
+
+        frame = model.predict(Cohort.load(args.cohort), correction=args.correction)
+    else:
+        from brainkit.data.cli import bids_options
+
+        frame = model.predict_bids(args.bids, correction=args.correction,
+                                   progress=not args.no_progress, **bids_options(args))
+    path = write_predictions(frame, args.out, model)
+    flagged = int((frame["qc"] != "ok").sum())
+    known = frame["bag"].notna()
+    gap = (f"; mean gap {frame['bag'][known].mean():+.2f} years uncorrected, "
+           f"{frame['bag_corrected'][known].mean():+.2f} corrected ({model.correction})"
+           if known.any() else "")
+    print(f"predicted {len(frame)} image(s){gap}; {flagged} with QC flags -> {path}")
+    return 0
+
+
 def register(subparsers) -> None:
-    """Add ``report`` to the ``brainkit`` command."""
+    """Add ``predict`` and ``report`` to the ``brainkit`` command."""
+    from brainkit.data.cli import add_bids_arguments
+
+    pr = subparsers.add_parser(
+        "predict", help="brain age of new scans from a calibrated run (TSV or BIDS derivatives)",
+        description="Apply a calibrated run (trained with `brainkit train --hold-out`) to a "
+                    "saved cohort or a BIDS dataset: one row per image with participant_id, "
+                    "session_id, image_id, age, predicted_age, bag, bag_corrected (the run's "
+                    "stored correction), interval_low, interval_high (split-conformal) and "
+                    "qc. --out FILE.tsv writes one table; --out DIR a BIDS derivatives folder "
+                    "(dataset_description.json, brainage.tsv, brainage.json).")
+    pr.add_argument("--run", required=True, type=Path, help="calibrated run folder")
+    pr.add_argument("--cohort", default=None, type=Path, help="saved cohort on the run's grid")
+    pr.add_argument("--bids", default=None, type=Path,
+                    help="BIDS dataset (images resampled onto the run's grid; ages optional)")
+    pr.add_argument("--out", required=True, type=Path,
+                    help="FILE.tsv, or a folder for a BIDS derivatives dataset")
+    pr.add_argument("--correction", default=None, choices=("beheshti", "cole", "covariates"),
+                    help="bias correction (default: the run's calibrated default)")
+    pr.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_bids_arguments(pr)
+    pr.set_defaults(func=_predict)
+
     p = subparsers.add_parser(
         "report", help="evaluation report of a predictions table (MAE, r, R^2 with intervals)",
         description="Evaluate brain-age predictions (one row per image: age and "

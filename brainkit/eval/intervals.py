@@ -227,6 +227,29 @@ class ConformalInterval:
         low, high = self.interval(predicted_age)
         return float(np.mean((low <= age) & (age <= high)))
 
+    def to_dict(self) -> dict:
+        """The fitted intervals, for a JSON file (:meth:`from_dict` reads them back)."""
+        if not hasattr(self, "offsets_"):
+            raise RuntimeError("this ConformalInterval is not fitted yet")
+        return {"coverage": float(self.coverage), "method": self.method,
+                "n_bins": int(self.n_bins), "min_bin_size": int(self.min_bin_size),
+                "inner_edges": [float(e) for e in self.bin_edges_[1:-1]],
+                "bin_counts": [int(c) for c in self.bin_counts_],
+                "offsets": [[float(a), float(b)] for a, b in self.offsets_],
+                "n_calibration": int(self.n_calibration_)}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> ConformalInterval:
+        out = cls(state["coverage"], state["method"], state["n_bins"], state["min_bin_size"])
+        out._check_params()
+        out.bin_edges_ = np.r_[-np.inf, np.asarray(state["inner_edges"], dtype=float), np.inf]
+        out.bin_counts_ = np.asarray(state["bin_counts"], dtype=int)
+        out.offsets_ = np.asarray(state["offsets"], dtype=float).reshape(-1, 2)
+        out.width_ = (2.0 * out.offsets_[0, 1] if out.method == "absolute"
+                      else out.offsets_[:, 1] - out.offsets_[:, 0])
+        out.n_calibration_ = int(state["n_calibration"])
+        return out
+
     def __repr__(self) -> str:
         return (f"ConformalInterval(coverage={self.coverage!r}, method={self.method!r}, "
                 f"n_bins={self.n_bins!r}, min_bin_size={self.min_bin_size!r})")

@@ -41,10 +41,11 @@ def _filters(pairs: list[str] | None) -> dict:
 def _train(args) -> int:
     import numpy as np
 
-    from brainkit.data import Cohort
+    from brainkit.data import Cohort, calibration_split
     from brainkit.errors import InputError
     from brainkit.train import TrainConfig, TrainingInterrupted, read_run_config, train_run
 
+    from .predict import train_calibrated
     from .profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -58,12 +59,16 @@ def _train(args) -> int:
         if indices.size == 0:
             raise InputError(f"--split {args.split}: no rows of {args.cohort} have that split "
                              f"(found {sorted(cohort.table['split'].unique())})")
+    train_rows = indices
+    if args.hold_out is not None:   # the rows train_calibrated trains on
+        train_rows, _ = calibration_split(cohort.table, args.hold_out, seed=args.seed,
+                                          indices=indices)
     saved = (read_run_config(args.out).get("train")
              if args.resume and (args.out / "config.json").is_file() else None)
     if saved is not None:   # continue that run: its own configuration, maybe longer
         config = TrainConfig.from_dict(saved)
     else:
-        ages = cohort.table["age"].to_numpy(dtype=float)[indices]
+        ages = cohort.table["age"].to_numpy(dtype=float)[train_rows]
         config = profile.train_config(args.loss, ages=ages, seed=args.seed)
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                  ("lr", args.lr), ("augmentation", args.augmentation))
@@ -79,16 +84,33 @@ def _train(args) -> int:
     if saved is not None and (config.loss != args.loss or config.seed != args.seed):
         raise InputError(f"cannot resume {args.out}: it trains loss {config.loss!r} with seed "
                          f"{config.seed}, not --loss {args.loss} --seed {args.seed}")
+    device = args.device or profile.resolved_device()
+    calibrated = None
     try:
-        result = train_run(cohort, config, indices=indices, out_dir=args.out,
-                           device=args.device or profile.resolved_device(),
-                           resume=args.resume, progress=not args.no_progress)
+        if args.hold_out is None:
+            result = train_run(cohort, config, indices=indices, out_dir=args.out,
+                               device=device, resume=args.resume,
+                               progress=not args.no_progress)
+        else:
+            terms = tuple(t.strip() for t in args.covariates.split(",") if t.strip())
+            result, calibrated = train_calibrated(
+                cohort, args.loss, args.out, profile=profile, seed=args.seed,
+                hold_out=args.hold_out, indices=indices, config=config,
+                correction=args.correction, covariates=terms, coverage=args.coverage,
+                device=device, resume=args.resume, progress=not args.no_progress)
     except TrainingInterrupted as err:
         print(f"brainkit train: {err}", file=sys.stderr)
         return 128 + err.signal_number
     summary = f"; final loss {result.metrics['loss'].iloc[-1]:.4f}" if len(result.metrics) else ""
-    print(f"trained {result.epochs_completed} epoch(s) on {len(indices)} images "
+    print(f"trained {result.epochs_completed} epoch(s) on {len(train_rows)} images "
           f"({config.loss}, profile {profile.name}){summary} -> {result.out_dir}")
+    if calibrated is not None:
+        c = calibrated.calibration
+        width = np.atleast_1d(calibrated.interval.width_)
+        print(f"calibrated on {c['n_images']} held-out healthy images ({c['n_subjects']} "
+              f"subjects): MAE {c['mae']:.2f} years, {args.coverage:.0%} interval "
+              f"{width.min():.1f}-{width.max():.1f} years wide, {args.correction} correction "
+              f"-> {args.out / 'brainage.json'}")
     return 0
 
 
@@ -235,6 +257,20 @@ def register(subparsers) -> None:
                                                            "and augmentation seed (default 0)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out with the settings it was started with")
+    train.add_argument("--hold-out", type=float, default=None, metavar="FRACTION",
+                       help="hold out this share of the healthy controls (whole subjects) and "
+                            "calibrate the run on them: age readout, bias correction and "
+                            "prediction intervals saved as brainage.json, what `brainkit "
+                            "predict` applies (e.g. 0.2)")
+    train.add_argument("--correction", default="beheshti",
+                       choices=("beheshti", "cole", "covariates"),
+                       help="bias correction predict applies by default (all are saved; "
+                            "default beheshti)")
+    train.add_argument("--covariates", default="age,age2,sex",
+                       help="terms of the covariate correction: any of age, age2, sex, site, "
+                            "tiv (default age,age2,sex)")
+    train.add_argument("--coverage", type=float, default=0.95,
+                       help="nominal coverage of the prediction intervals (default 0.95)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
