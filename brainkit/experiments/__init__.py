@@ -1,7 +1,7 @@
 """Experiments: profiles, the cached results store, the paper's designs, sweeps."""
 
 from . import findings, paper, progress, prose, realdata, summaries, toy
-from .challenge import challenge_metrics, challenge_predictions
+from .challenge import challenge_metrics, challenge_predictions, combat_comparison
 from .cohorts import PretrainingSplit, default_cohort, pretraining_split, synthetic_cohort
 from .designs import (
     DESIGNS,
@@ -31,6 +31,7 @@ __all__ = [
     "RunSpec",
     "challenge_metrics",
     "challenge_predictions",
+    "combat_comparison",
     "run_design",
     "LOSSES",
     "MODELS",
