@@ -5,7 +5,7 @@ All figures use the ``"brainkit"`` template (registered once on import) and a fi
 per loss (:data:`LOSS_COLORS`) and per diagnosis (:data:`GROUP_COLORS`).
 """
 
-from .bag import bag_distributions, bag_trajectories, roc_curves
+from .bag import bag_distributions, bag_trajectories, predicted_ages, roc_curves
 from .calibration import reliability_diagram
 from .losses import kernels, toy_embeddings
 from .data import age_histogram, category_colors, example_slices, site_ages
@@ -38,6 +38,7 @@ __all__ = [
     "site_ages",
     "example_slices",
     "scaling_curves",
+    "predicted_ages",
     "model_comparison",
     "site_bacc_curves",
     "mae_vs_accuracy",

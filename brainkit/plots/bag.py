@@ -12,7 +12,7 @@ from brainkit.eval._validation import order_groups
 from brainkit.plots._common import check_table, new_figure, numeric, ordered_losses, rgba
 from brainkit.plots.theme import group_color, loss_color, loss_label
 
-__all__ = ["bag_distributions", "roc_curves", "bag_trajectories"]
+__all__ = ["bag_distributions", "roc_curves", "bag_trajectories", "predicted_ages"]
 
 
 def bag_distributions(table: pd.DataFrame, *, value: str = "bag", group: str = "diagnosis",
@@ -174,4 +174,53 @@ def bag_trajectories(result, *, observed: pd.DataFrame | None = None, show_ci: b
             legendgroup=str(g), meta={"group": str(g), "kind": "fit"},
             line=dict(color=color, width=2.5),
         ))
+    return fig
+
+
+def predicted_ages(table: pd.DataFrame, *, age: str = "age", predicted: str = "predicted_age",
+                   low: str = "interval_low", high: str = "interval_high",
+                   group: str = "diagnosis", title: str | None = None,
+                   x_title: str = "Chronological age (years)",
+                   y_title: str = "Predicted age (years)") -> go.Figure:
+    """Predicted against chronological age, each image with its prediction interval.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per image (``brainkit predict``'s columns): ``age``, ``predicted_age``,
+        ``interval_low`` / ``interval_high`` (bounds on the chronological age) and ``group``.
+        Rows without an age are left out.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One marker trace per group; each image's interval is a horizontal error bar (the
+        interval bounds the age, so it spans the x axis), the identity line dotted. Images
+        whose age falls outside their interval are drawn as open markers.
+    """
+    check_table(table, [age, predicted, low, high, group])
+    known = np.isfinite(numeric(table, age))
+    rows = table[known]
+    x, y = numeric(rows, age), numeric(rows, predicted)
+    lo, hi = numeric(rows, low), numeric(rows, high)
+    inside = (lo <= x) & (x <= hi)
+    fig = new_figure(title=title, x_title=x_title, y_title=y_title)
+    for g in order_groups(rows[group]):
+        m = (rows[group] == g).to_numpy()
+        color = group_color(g)
+        fig.add_trace(go.Scatter(
+            x=x[m], y=y[m], mode="markers", name=str(g), legendgroup=str(g),
+            meta={"key": str(g)},
+            marker=dict(color=color, size=6,
+                        symbol=np.where(inside[m], "circle", "circle-open").tolist()),
+            error_x=dict(type="data", symmetric=False, array=(hi - x)[m],
+                         arrayminus=(x - lo)[m], color=rgba(color, 0.25), thickness=1,
+                         width=0),
+            customdata=np.c_[lo[m], hi[m]],
+            hovertemplate="age %{x:.1f}, predicted %{y:.1f}<br>interval "
+                          "%{customdata[0]:.1f}-%{customdata[1]:.1f}<extra></extra>"))
+    span = [float(min(x.min(), y.min())), float(max(x.max(), y.max()))] if len(x) else [0, 1]
+    fig.add_trace(go.Scatter(x=span, y=span, mode="lines", name="identity", showlegend=False,
+                             line=dict(color="#999999", width=1, dash="dot"),
+                             hoverinfo="skip"))
     return fig

@@ -61,13 +61,21 @@ def test_pages_load_nothing_from_the_network(built_book):
 # --------------------------------------------------------------------------- truthful prose
 _CLAIM = re.compile(r'<span class="bk-claim" data-word="([^"]*)" data-value="([^"]*)" '
                     r'data-low="([^"]*)" data-high="([^"]*)"(?: data-claimed="([^"]*)")?>')
-_DIRECTIONS = {"higher": "up", "rises": "up", "lower": "down", "falls": "down",
-               "not clearly different": "none", "does not change clearly": "none"}
+_DIRECTIONS = {"higher": "up", "rises": "up", "raises": "up", "lower": "down", "falls": "down",
+               "lowers": "down", "not clearly different": "none",
+               "does not change clearly": "none", "does not clearly change": "none"}
+# Words that place an interval against a nominal value (data-claimed "vs T").
+_AGAINST = {"at about the nominal rate": "none", "less often than nominal": "down",
+            "more often than nominal": "up", "less often": "down", "about as often": "none"}
 
 
 def _expected_word(word, value, low, high, claimed):
     import math
 
+    if word in _AGAINST:
+        target = float(claimed.split()[1])
+        side = "up" if low > target else "down" if high < target else "none"
+        return _AGAINST[word] == side
     if word in _DIRECTIONS:
         side = "up" if low > 0 else "down" if high < 0 else "none"
         return _DIRECTIONS[word] == side
