@@ -21,7 +21,7 @@ from .profiles import Profile, get_profile
 from .store import ResultsStore, RunOutput, default_store
 
 __all__ = ["train_calibrated", "BidsExample", "bids_example", "interval_coverage",
-           "prediction_report", "EXAMPLE_SIZES", "command_block", "calibration_table",
+           "prediction_report", "report_markdown", "EXAMPLE_SIZES", "command_block", "calibration_table",
            "prediction_preview", "coverage_markdown"]
 
 #: Subjects per synthetic preset of the example's training and new BIDS trees.
@@ -197,6 +197,36 @@ def prediction_report(predictions: pd.DataFrame, *, n_boot: int = 1000):
 
 
 # ---------------------------------------------------------------------- the chapter's views
+def report_markdown(predictions: pd.DataFrame, *, n_boot: int = 1000):
+    """:func:`prediction_report` as the page shows it (Markdown): the notes, the overall,
+    age-band and AUC tables under level-4 headings, and one sentence on the sites (the
+    per-site tables, one row per site, are in ``brainkit report``'s output)."""
+    from IPython.display import Markdown
+
+    report = prediction_report(predictions, n_boot=n_boot)
+    keep = ("Overall", "MAE by age band", "AUC")
+    out, section = [], None
+    for line in report.to_markdown().splitlines():
+        if line.startswith("# "):
+            continue
+        if line.startswith("## "):
+            section = line[3:]
+            if any(k in section for k in keep):
+                out.append("#### " + section)
+            continue
+        if section is None or any(k in section for k in keep):
+            out.append(line)
+    loso = report.leave_one_site_out
+    if loso is not None:
+        part = loso[loso["prediction"] == "uncorrected"]
+        differ = part[(part["low"] > 0) | (part["high"] < 0)]
+        harder = int((differ["difference"] > 0).sum())
+        out += ["", f"Of the {len(part)} sites, {len(differ)} differ from the others in "
+                f"uncorrected MAE (the interval of site minus the rest excludes 0; {harder} "
+                f"of them harder); `brainkit report` lists every site."]
+    return Markdown("\n".join(out))
+
+
 def command_block(commands: Sequence[str]):
     """The commands as a shell code block (Markdown)."""
     from IPython.display import Markdown
@@ -223,8 +253,12 @@ def prediction_preview(predictions: pd.DataFrame, n: int = 8):
     """The first rows of a predictions table, numbers rounded (a Styler, no index)."""
     columns = ["participant_id", "session_id", "age", "predicted_age", "bag",
                "bag_corrected", "interval_low", "interval_high", "qc", "diagnosis"]
-    head = predictions[[c for c in columns if c in predictions]].head(n)
-    return head.round(2).style.format(precision=2, na_rep="n/a").hide(axis="index")
+    head = predictions[[c for c in columns if c in predictions]].head(n).copy()
+    if "qc" in head:    # several flags: let the cell wrap instead of squeezing the numbers
+        head["qc"] = head["qc"].astype(str).str.replace(";", "; ", regex=False)
+    return (head.round(2).style.format(precision=2, na_rep="n/a").hide(axis="index")
+            .set_properties(**{"padding": "0 0.6em", "white-space": "nowrap"},
+                            subset=[c for c in head.columns if c != "qc"]))
 
 
 def coverage_markdown(estimates: Mapping, *, nominal: float):
@@ -251,6 +285,10 @@ def coverage_markdown(estimates: Mapping, *, nominal: float):
             lines.append(
                 f"- For {group} patients they do {prose.claim(word, est.value, est.low, est.high, f'vs {target:g}')}"
                 f" ({prose.estimate(est, unit='%', digits=1)}, "
-                f"{prose.describe_n(est, 'scans')}): the interval is for healthy ageing, "
-                "and a patient's gap is what it leaves out.")
+                f"{prose.describe_n(est, 'scans')}): "
+                + ("the interval is for healthy ageing, and a patient's gap moves the "
+                   "prediction out of it." if word == "less often" else
+                   "at this model's accuracy the interval is wide enough to hold a "
+                   "patient's gap too; it describes healthy ageing and does not flag "
+                   "disease by itself."))
     return Markdown("\n".join(lines))
