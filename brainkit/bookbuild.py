@@ -33,12 +33,19 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quiet_kernel_dir(tmp: Path) -> Path:
-    """A ``JUPYTER_PATH`` entry whose ``python3`` kernel logs errors only."""
+    """A ``JUPYTER_PATH`` entry whose ``python3`` kernel logs errors only and leaves the
+    process's file descriptor 2 alone.
+
+    ipykernel copies whatever is written to fd 2 into the running cell's output (except
+    under pytest, which is why the book test could not see it), so the progress lines of a
+    cold build became ``stderr`` outputs of the training cells, and warnings-as-errors then
+    failed ``make book``. With ``capture_fd_output=False`` they reach the build's terminal.
+    """
     spec = tmp / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPKernelApp.log_level=ERROR"],
+                 "--IPKernelApp.log_level=ERROR", "--IPKernelApp.capture_fd_output=False"],
         "display_name": "Python 3 (ipykernel)", "language": "python",
         "metadata": {"debugger": False}}))
     return tmp
