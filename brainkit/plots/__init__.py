@@ -7,6 +7,7 @@ per loss (:data:`LOSS_COLORS`) and per diagnosis (:data:`GROUP_COLORS`).
 
 from .bag import bag_distributions, bag_trajectories, predicted_ages, roc_curves
 from .calibration import reliability_diagram
+from .findings import ledger_evidence
 from .losses import kernels, toy_embeddings
 from .data import age_histogram, category_colors, example_slices, site_ages
 from .scaling import mae_vs_accuracy, model_comparison, scaling_curves, site_bacc_curves
@@ -39,6 +40,7 @@ __all__ = [
     "example_slices",
     "scaling_curves",
     "predicted_ages",
+    "ledger_evidence",
     "model_comparison",
     "site_bacc_curves",
     "mae_vs_accuracy",

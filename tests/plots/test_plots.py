@@ -211,3 +211,42 @@ def test_figure_functions_never_call_show():
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
         assert "show" not in calls, name
         assert inspect.signature(obj).return_annotation in (go.Figure, "go.Figure"), name
+
+
+def test_ledger_evidence_puts_every_verdict_on_its_side_of_zero():
+    """A supported finding's bar lies right of 0, a contradicted one's left of 0, an
+    inconclusive one's straddles it, whatever the claim's direction and unit."""
+    from brainkit.experiments.findings import verdict
+    from brainkit.eval.uncertainty import Estimate
+    from brainkit.plots import ledger_evidence
+
+    rows = [("AUC up", "> 0", 0.05, 0.01, 0.08), ("ECE under 15", "< 15", 18.6, 15.2, 23.7),
+            ("MAE down", "< 0", -1.9, -2.3, -1.5), ("r positive", "> 0", 0.5, -0.1, 0.9),
+            ("not run", "> 0", float("nan"), float("nan"), float("nan"))]
+    ledger = pd.DataFrame(rows, columns=["finding", "claimed", "estimate", "low", "high"])
+    ledger["verdict"] = [
+        verdict(Estimate(value=e, low=lo, high=hi, level=0.95, n=10) if e == e else None,
+                c.split()[0], float(c.split()[1]))
+        for _, c, e, lo, hi in rows]
+    assert list(ledger["verdict"]) == ["supported", "contradicted", "supported",
+                                       "inconclusive", "not computed"]
+    fig = ledger_evidence(ledger)
+    seen = {}
+    for trace in fig.data:
+        for x, y, plus, minus in zip(trace.x, trace.y, trace.error_x.array,
+                                     trace.error_x.arrayminus):
+            seen[y] = (trace.name, x - minus, x + plus)
+    assert len(seen) == 4                      # the row without an estimate is left out
+    for label, (name, left, right) in seen.items():
+        if name == "supported":
+            assert left > 0, label
+        elif name == "contradicted":
+            assert right < 0, label
+        else:
+            assert left < 0 < right, label
+    # a "< t" claim is mirrored: the ECE row's right end is (15 - 15.2) / se
+    se = (23.7 - 15.2) / (2 * 1.959963984540054)
+    name, left, right = seen["2. ECE under 15"]
+    assert right == pytest.approx(-0.2 / se) and left == pytest.approx(-8.7 / se)
+    with pytest.raises(ValueError, match="claimed"):
+        ledger_evidence(ledger.assign(claimed="= 0"))
