@@ -1,10 +1,10 @@
 """How a training run behaves beside another CPU-bound process (torch threads on a small box).
 
 Times one short ci-profile training run (exp loss, 6 mm, the ci model) in a fresh process:
-alone, and beside a busy process (a pure-Python loop pinned to no core), once with OpenMP's
-default spin-waiting and once with the passive waiting brainkit sets when it is imported
-first (``OMP_WAIT_POLICY=PASSIVE``), and once with one torch thread. Prints the seconds and
-the slowdown against running alone, and writes a JSON report.
+alone, and beside a busy process (a pure-Python loop pinned to no core), with OpenMP's
+default waiting (what brainkit runs with: it sets no policy), with active spin-waiting
+(``OMP_WAIT_POLICY=ACTIVE``), with passive waiting (``PASSIVE``), and with one torch thread.
+Prints the seconds and the slowdown against running alone, and writes a JSON report.
 
     python benchmarks/bench_threads.py --json benchmarks/results/threads-cpu.json
 
@@ -65,7 +65,9 @@ def main(argv=None) -> int:
                                                               "OMP_NUM_THREADS")}
     spin = {**base, "OMP_WAIT_POLICY": "ACTIVE"}
     passive = {**base, "OMP_WAIT_POLICY": "PASSIVE"}
-    cases = [("alone, spin-waiting", spin, 0, False),
+    cases = [("alone, default waiting", base, 0, False),
+             ("beside a busy process, default waiting", base, 0, True),
+             ("alone, spin-waiting", spin, 0, False),
              ("alone, passive waiting", passive, 0, False),
              ("beside a busy process, spin-waiting", spin, 0, True),
              ("beside a busy process, passive waiting", passive, 0, True),
