@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                         "setting": f"ci exp, 200 images, {args.epochs} epochs"})
         figures.append({"figure": f"{r['case']}: slowdown", "value": round(r["slowdown_vs_alone"],
                                                                            2),
-                        "unit": "x", "setting": "vs alone, same waiting policy"})
+                        "unit": "ratio", "setting": "vs alone, same waiting policy"})
     for r in rows:
         print(f"{r['case']:45s} x{r['slowdown_vs_alone']:.2f}")
     if args.json:
