@@ -22,6 +22,7 @@ loss and seed and stack the tables. Runs shared by several designs (the largest 
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class Evaluation:
     headline: dict = field(default_factory=dict)
 
 
-class Design:
+class Design(ABC):
     """A design of the paper: its parameters, the runs it plans, how it evaluates them."""
 
     #: The name sweeps and grid files use.
@@ -121,14 +122,16 @@ class Design:
                              f"{sorted(self.defaults)}")
         return out
 
+    @abstractmethod
     def plan(self, cohort, loss: str, seed: int, params: Mapping,
              profile: Profile) -> list[RunSpec]:
-        raise NotImplementedError
+        """The runs one (loss, seed) of the design needs, in the order ``evaluate`` reads."""
 
+    @abstractmethod
     def evaluate(self, cohort, runs: Sequence[tuple[RunSpec, Run]], loss: str, seed: int,
                  params: Mapping, profile: Profile, store: ResultsStore,
                  device=None) -> Evaluation:
-        raise NotImplementedError
+        """The design's tables and headline from its trained ``runs``."""
 
 
 def run_design(design: str | Design, cohort, loss: str, *, seed: int = 0,
@@ -275,7 +278,9 @@ class SingleVsMerge(Design):
     name = "single_vs_merge"
     defaults = {"single_datasets": None}
 
-    def _all_pools(self, cohort, params, profile):
+    def _pools(self, cohort, params, profile, seed=None):
+        """The split and the single-dataset pools (none for a seed that trains no singles:
+        :meth:`Profile.trains_singles`)."""
         split = pretraining_split(cohort, pool_sizes=profile.pool_sizes)
         chosen = params.get("single_datasets")
         if chosen is not None:
@@ -283,15 +288,10 @@ class SingleVsMerge(Design):
             if missing:
                 raise ValueError(f"single_datasets: {missing} not in the cohort's datasets "
                                  f"{sorted(split.pools)}")
-        singles = [(name, pool) for name, pool in split.pools.items()
-                   if chosen is None or name in chosen]
-        return split, singles
-
-    def _pools(self, cohort, params, profile, seed=None):
-        split, singles = self._all_pools(cohort, params, profile)
         if seed is not None and not profile.trains_singles(seed):
-            singles = []
-        return split, singles
+            return split, []
+        return split, [(name, pool) for name, pool in split.pools.items()
+                       if chosen is None or name in chosen]
 
     def plan(self, cohort, loss, seed, params, profile):
         split, singles = self._pools(cohort, params, profile, seed)

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = ["TrainConfig", "LR_SCHEDULES", "AUGMENTATIONS"]
 
 #: Learning-rate schedules (see :func:`brainkit.train.loop.lr_factor`).
@@ -70,20 +72,25 @@ def _thaw(value):
     return value
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an ``int`` (numpy integers too) if it is one and ``>= minimum``, else a
+    ValueError naming ``name``. Shared by :class:`TrainConfig` and :func:`~brainkit.train.fit`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def _check_float(name: str, value, *, positive: bool) -> float:
+def check_float(name: str, value, *, positive: bool = False,
+                non_number: type[Exception] = ValueError) -> float:
+    """``value`` as a finite ``float`` ``>= 0`` (``> 0`` when ``positive``); ``non_number`` is
+    raised for what is not a number at all."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"TrainConfig.{name} must be a number, got {value!r}") from None
+        raise non_number(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"TrainConfig.{name} must be a finite number "
-                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value!r}")
     return v
 
 
@@ -165,20 +172,17 @@ class TrainConfig:
                              f"got {type(self.model).__name__}")
         set_(self, "loss_kwargs", _freeze(self.loss_kwargs))
         set_(self, "model", _freeze(self.model))
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("lr_step", self.lr_step, 1)
-        _check_int("warmup_epochs", self.warmup_epochs, 0)
-        _check_int("adapn_final_k", self.adapn_final_k, 1)
-        _check_int("adapn_step", self.adapn_step, 0)
-        _check_int("seed", self.seed, 0)
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("lr_step", 1),
+                              ("warmup_epochs", 0), ("adapn_final_k", 1), ("adapn_step", 0),
+                              ("seed", 0)):
+            set_(self, name, check_int(f"TrainConfig.{name}", getattr(self, name), minimum))
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"TrainConfig.warmup_epochs ({self.warmup_epochs}) must be smaller "
                              f"than epochs ({self.epochs})")
-        set_(self, "lr", _check_float("lr", self.lr, positive=True))
-        set_(self, "weight_decay", _check_float("weight_decay", self.weight_decay,
+        set_(self, "lr", check_float("TrainConfig.lr", self.lr, positive=True))
+        set_(self, "weight_decay", check_float("TrainConfig.weight_decay", self.weight_decay,
                                                 positive=False))
-        set_(self, "lr_gamma", _check_float("lr_gamma", self.lr_gamma, positive=True))
+        set_(self, "lr_gamma", check_float("TrainConfig.lr_gamma", self.lr_gamma, positive=True))
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got "
                              f"{self.lr_schedule!r}")
@@ -186,7 +190,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.augmentation must be one of {AUGMENTATIONS}, got "
                              f"{self.augmentation!r}")
         views = (1 if self.loss == "l1" else 2) if self.n_views is None else self.n_views
-        set_(self, "n_views", _check_int("n_views", views, 1))
+        set_(self, "n_views", check_int("TrainConfig.n_views", views, 1))
         for name in ("drop_last", "recalibrate_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False, got "

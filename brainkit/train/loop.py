@@ -48,6 +48,7 @@ from torch import nn
 
 from .._util import FolderLock, SignalFlag
 from ..errors import FolderLockedError, InputError, NonFiniteError
+from .config import LR_SCHEDULES, check_float, check_int
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, \
     nonfinite_tensors, rng_state, \
     set_rng_state
@@ -79,8 +80,6 @@ _RESUME_KEYS = ("batch_size", "n_views", "augmentation", "seed", "drop_last", "l
                 "weight_decay", "lr_step", "lr_gamma", "lr_schedule", "warmup_epochs",
                 "adapn_final_k", "adapn_step")
 _RESUME_DEFAULTS = {"lr_schedule": "step", "warmup_epochs": 0}
-#: Learning-rate schedules of :func:`fit`.
-LR_SCHEDULES = ("step", "cosine")
 # Tags separating the random streams derived from the seed.
 _ORDER_STREAM, _AUGMENT_STREAM = 1, 2
 
@@ -322,23 +321,6 @@ def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value, *, positive: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
-                         f"got {value!r}")
-    return v
 
 
 def _resolve_loss(loss, loss_kwargs) -> tuple[nn.Module | None, dict]:
@@ -839,19 +821,20 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
         raise TypeError(f"cohort must be a brainkit.data.Cohort, got {type(cohort).__name__}")
     if getattr(cohort, "grid_shape", None) is None:
         raise ValueError("cohort has no images (table-only); training needs images")
-    epochs = _check_int("epochs", epochs, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    lr_step = _check_int("lr_step", lr_step, 1)
-    seed = _check_int("seed", seed, 0)
-    probe_every = _check_int("probe_every", probe_every, 0)
-    adapn_final_k = _check_int("adapn_final_k", adapn_final_k, 1)
-    adapn_step = _check_int("adapn_step", adapn_step, 0)
-    lr = _check_float("lr", lr, positive=True)
-    weight_decay = _check_float("weight_decay", weight_decay)
-    lr_gamma = _check_float("lr_gamma", lr_gamma, positive=True)
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    lr_step = check_int("lr_step", lr_step, 1)
+    seed = check_int("seed", seed, 0)
+    probe_every = check_int("probe_every", probe_every, 0)
+    adapn_final_k = check_int("adapn_final_k", adapn_final_k, 1)
+    adapn_step = check_int("adapn_step", adapn_step, 0)
+    lr = check_float("lr", lr, positive=True, non_number=TypeError)
+    weight_decay = check_float("weight_decay", weight_decay, non_number=TypeError)
+    lr_gamma = check_float("lr_gamma", lr_gamma, positive=True,
+                           non_number=TypeError)
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-    warmup_epochs = _check_int("warmup_epochs", warmup_epochs, 0)
+    warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
     if warmup_epochs >= epochs:
         raise ValueError(f"warmup_epochs ({warmup_epochs}) must be smaller than epochs "
                          f"({epochs})")
@@ -868,7 +851,7 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
         if not isinstance(unwrap_model(model), RegressionModel):
             raise TypeError("loss='l1' trains a brainkit.models.RegressionModel, got "
                             f"{type(unwrap_model(model)).__name__}")
-    n_views = (1 if regression else 2) if n_views is None else _check_int("n_views", n_views, 1)
+    n_views = (1 if regression else 2) if n_views is None else check_int("n_views", n_views, 1)
     augment, augmentation_name = _resolve_augmentation(augmentation)
     if drop_last and len(train_idx) < batch_size:
         raise ValueError(f"drop_last=True with {len(train_idx)} training images and "
