@@ -58,6 +58,31 @@ def test_training_lowers_the_loss_and_learns_age(loss, toy_cohort, tmp_path):
         assert np.corrcoef(pred, age[HELD_OUT])[0, 1] > 0.3
 
 
+def test_views_without_augmentation_share_one_pass(toy_cohort, tmp_path):
+    """augmentation='none': the model runs once per image and the run ends where two passes
+    over the copies end. A model holding a (here inert) dropout layer takes the full pass."""
+    runs = {}
+    for name in ("shared", "full"):
+        model = _model("contrastive")
+        if name == "full":
+            model.inert = torch.nn.Dropout(0.0)   # not in forward: the same function
+        runs[name] = fit(model, toy_cohort, "exp", loss_kwargs={"sigma": 5.0}, indices=TRAIN,
+                         out_dir=tmp_path / name, epochs=2, batch_size=16, lr=1e-3,
+                         augmentation="none", n_views=2, progress=False)
+    shared, full = (runs[k] for k in ("shared", "full"))
+    # float32 summation order differs, and Adam amplifies it in near-zero gradients
+    np.testing.assert_allclose(shared.metrics["loss"], full.metrics["loss"], rtol=1e-3)
+    full_weights = full.model.state_dict()
+    for name, a in shared.model.state_dict().items():   # running stats: n / (n - 1) apart
+        if a.dtype.is_floating_point and "running" not in name:
+            b = full_weights[name]
+            assert (a - b).abs().max() <= 2e-3 * b.abs().max() + 1e-4, name  # Adam step 1e-3
+    # volumes through the model: one per image when shared, two when not
+    ratio = shared.metrics["volumes_per_s"] * shared.metrics["seconds"] \
+        / (full.metrics["volumes_per_s"] * full.metrics["seconds"])
+    np.testing.assert_allclose(ratio, 0.5)
+
+
 def test_cosine_schedule_with_warm_up_and_its_resume(toy_cohort, tmp_path):
     model = _model("contrastive")
     result = fit(model, toy_cohort, "exp", loss_kwargs={"sigma": 5.0}, indices=TRAIN,

@@ -120,6 +120,30 @@ def test_batch_loss_single_process_matches_direct_computation():
         batch_loss(nn.Flatten(), None, x, y1[:4], n_views=1)
 
 
+@pytest.mark.parametrize("loss", ["yaware", "threshold", "exp", "rnc"])
+def test_shared_views_give_the_full_pass_loss_and_gradients(loss):
+    """Without augmentation the views are copies: one pass repeated equals the pass over
+    the copies, loss and every parameter's gradient (batch norm in train mode included).
+    The model runs in float64 (the loss is float32, as in training), so what is compared is
+    the mathematics, not the summation order of float32 convolutions."""
+    x = torch.rand(4, 1, 16, 16, 16, dtype=torch.float64)
+    y = torch.tensor([20.0, 30.0, 40.0, 52.0], dtype=torch.float64).repeat(2)
+    loss_fn = make_loss(loss, **({"sigma": 5.0} if loss != "rnc" else {}))
+    grads = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        model = build_model("contrastive", widths=(4, 8, 16, 32), head_dims=(16, 8))
+        model = model.double().train()
+        inputs = x if shared else x.repeat(2, 1, 1, 1, 1)
+        value = batch_loss(model, loss_fn, inputs, y, n_views=2, shared_views=shared)
+        value.backward()
+        grads.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
+    (full, g_full), (once, g_once) = grads
+    assert torch.allclose(full, once, rtol=1e-6, atol=0)
+    for a, b in zip(g_full, g_once):
+        assert (a - b).abs().max() <= 1e-6 * a.abs().max()
+
+
 def _conv_model(memory_format):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Flatten(), nn.LazyLinear(3))
