@@ -26,6 +26,14 @@ __all__ = ["atomic_path", "SignalFlag", "FolderLock", "LOCK_NAME"]
 LOCK_NAME = ".brainkit.lock"
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``.
