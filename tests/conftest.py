@@ -18,6 +18,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("MPLCONFIGDIR", str(home / ".mpl"))
     monkeypatch.delenv("BRAINKIT_PROFILE", raising=False)
+    # designs train in-process: a pool of spawned workers per test would cost more than it
+    # saves (tests/experiments/test_parallel.py and the book build use the pool)
+    monkeypatch.setenv("BRAINKIT_WORKERS", "1")
     yield
 
 

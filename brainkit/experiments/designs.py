@@ -34,6 +34,7 @@ from ..data.splits import check_no_leakage, subject_kfold
 from .challenge import challenge_metrics, challenge_predictions
 from .cohorts import pretraining_split, scaling_subsets
 from .pipeline import BASELINE, Run, run_predictions, train_config, train_encoder
+from .parallel import train_runs
 from .profiles import Profile, get_profile
 from .store import ResultsStore, RunOutput, config_key, default_store
 
@@ -161,9 +162,21 @@ def run_design(design: str | Design, cohort, loss: str, *, seed: int = 0,
     store = store if store is not None else default_store()
     params = design.resolve(params, profile)
     specs = design.plan(cohort, loss, seed, params, profile)
-    runs = [(s, s.train(cohort, profile=profile, store=store, device=device,
-                        progress=progress)) for s in specs]
-    return design.evaluate(cohort, runs, loss, seed, params, profile, store, device)
+    runs = train_runs(cohort, specs, profile=profile, store=store, device=device,
+                      progress=progress)
+    return design.evaluate(cohort, list(zip(specs, runs)), loss, seed, params, profile, store,
+                           device)
+
+
+def _prefetch(design: str, cohort, combos, *, params, profile: Profile, store: ResultsStore,
+              device) -> None:
+    """Train every run the ``(loss, seed)`` combinations of a design need, side by side
+    where :func:`~brainkit.experiments.parallel.train_runs` can, before each is evaluated."""
+    design = DESIGNS[design]
+    resolved = design.resolve(params, profile)
+    specs = [spec for loss, seed in combos
+             for spec in design.plan(cohort, loss, seed, resolved, profile)]
+    train_runs(cohort, specs, profile=profile, store=store, device=device)
 
 
 def _age_metrics(age, pred) -> dict:
@@ -478,9 +491,12 @@ def _stack(design: str, table: str, cohort, losses, *, seed, seeds, params, prof
     """``run_design`` for every loss and seed; the named table of each, stacked."""
     profile = get_profile(profile)
     store = store if store is not None else default_store()
+    combos = [(loss, s) for loss in losses for s in _seed_list(seed, seeds, loss)]
+    _prefetch(design, cohort, combos, params=params, profile=profile, store=store,
+              device=device)
     frames = [run_design(design, cohort, loss, seed=s, params=params, profile=profile,
                          store=store, device=device, progress=progress).tables[table]
-              for loss in losses for s in _seed_list(seed, seeds, loss)]
+              for loss, s in combos]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -676,6 +692,8 @@ def downstream_transfer(cohort, losses: Sequence[str], *,
                     epochs=epochs, lr=lr)
     profile = get_profile(profile)
     store = store if store is not None else default_store()
+    _prefetch("downstream", cohort, [(loss, seed) for loss in losses], params=params,
+              profile=profile, store=store, device=device)
     out = [run_design("downstream", cohort, loss, seed=seed, params=params, profile=profile,
                       store=store, device=device) for loss in losses]
     return {"scores": pd.concat([e.tables["scores"] for e in out], ignore_index=True),

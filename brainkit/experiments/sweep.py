@@ -56,9 +56,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._util import SignalFlag
+from .._util import SignalFlag, usable_cores
 from ..errors import InputError
 from .designs import DESIGNS
+from .parallel import _COHORTS, cohort_at
 from .pipeline import LOSSES, train_config
 from .profiles import PROFILES, Profile, get_profile
 from .store import ResultsStore, RunOutput, StoreError, config_key
@@ -665,16 +666,7 @@ def load_grid(path: str | os.PathLike) -> Grid:
 
 
 # --------------------------------------------------------------------------- execution
-_COHORTS: dict[str, object] = {}
 _WORKER_SLOT: int | None = None
-
-
-def _cohort_at(path: str):
-    if path not in _COHORTS:
-        from ..data import Cohort
-
-        _COHORTS[path] = Cohort.load(path)
-    return _COHORTS[path]
 
 
 def _device(payload: dict) -> str | None:
@@ -697,7 +689,7 @@ def _execute(payload: dict) -> dict:
         import torch
 
         torch.set_num_threads(int(payload["threads"]))
-    cohort = _cohort_at(payload["cohort_dir"])
+    cohort = cohort_at(payload["cohort_dir"])
     store = ResultsStore(payload["store"])
     key = payload["key"]
     computed = not store.exists(key)
@@ -853,13 +845,6 @@ class _Signals(SignalFlag):
             raise SweepInterrupted(self.signum)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: str = "local",
               workers: int = 1, progress: bool = True, cluster: str | None = None,
               device: str | None = None) -> SweepReport:
@@ -924,7 +909,7 @@ def run_sweep(grid: Grid, store: ResultsStore | str | os.PathLike, *, executor: 
     if executor == "slurm":
         common["threads"] = grid.slurm.get("cpus_per_task")
     elif workers > 1:
-        common["threads"] = max(1, _cores() // workers)
+        common["threads"] = max(1, usable_cores() // workers)
 
     def train_payload(t: TrainTask) -> dict:
         return {**common, "kind": "train", "key": t.key, "label": t.label, "loss": t.loss,

@@ -35,7 +35,8 @@ def toc_entries() -> list[str]:
 def built_book(tmp_path_factory):
     """Build the book once, as `make book` does (brainkit.bookbuild), into a temporary folder."""
     out = tmp_path_factory.mktemp("book")
-    env = {**os.environ, "BRAINKIT_PROFILE": os.environ.get("BRAINKIT_PROFILE", "ci")}
+    env = {**os.environ, "BRAINKIT_PROFILE": os.environ.get("BRAINKIT_PROFILE", "ci"),
+           "BRAINKIT_WORKERS": "auto"}    # as `make book` (tests default to 1)
     proc = subprocess.run(
         [sys.executable, "-m", "brainkit.bookbuild", str(BOOK), "--path-output", str(out)],
         capture_output=True, text=True, env=env,
