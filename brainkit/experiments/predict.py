@@ -256,9 +256,13 @@ def prediction_preview(predictions: pd.DataFrame, n: int = 8):
     head = predictions[[c for c in columns if c in predictions]].head(n).copy()
     if "qc" in head:    # several flags: let the cell wrap instead of squeezing the numbers
         head["qc"] = head["qc"].astype(str).str.replace(";", "; ", regex=False)
-    return (head.round(2).style.format(precision=2, na_rep="n/a").hide(axis="index")
-            .set_properties(**{"padding": "0 0.6em", "white-space": "nowrap"},
-                            subset=[c for c in head.columns if c != "qc"]))
+    style = (head.round(2).style.format(precision=2, na_rep="n/a").hide(axis="index")
+             .set_properties(**{"padding": "0 0.6em", "white-space": "nowrap"},
+                             subset=[c for c in head.columns if c != "qc"]))
+    if "qc" in head:    # wide enough that two flags take two lines, not one word a line
+        style = style.set_properties(**{"padding": "0 0.6em", "min-width": "22em"},
+                                     subset=["qc"])
+    return style
 
 
 def coverage_markdown(estimates: Mapping, *, nominal: float):
