@@ -1188,7 +1188,8 @@ class _Trainer:
                 if self.executor and step + 1 < len(batches) else None
             value = self._step(x, batches[step], parts[step], epoch, step)
             loss_sum += value.detach().double() * len(batches[step])
-            carry["volumes"] += self.passes * len(batches[step])
+            carry["volumes"] += (self.passes if len(batches[step]) > 1 else self.n_views) \
+                * len(batches[step])
             self.bar.update(1)
             now = time.perf_counter()
             if self.bar.disable is False and now - last_post > 0.5:
@@ -1219,7 +1220,10 @@ class _Trainer:
     def _step(self, x, batch, local, epoch: int, step: int) -> torch.Tensor:
         """One optimiser step on one global batch (this process's share ``local``)."""
         x = self.source.to_device(x)
-        x = augment_views(x, local, self.augment, n_views=self.passes, seed=self.seed,
+        # one image alone keeps its copies: batch norm needs two values per channel, and a
+        # 1 x 1 x 1 last feature map of one image has one (the copies give it two)
+        passes = self.passes if len(local) > 1 else self.n_views
+        x = augment_views(x, local, self.augment, n_views=passes, seed=self.seed,
                           epoch=epoch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -1230,7 +1234,7 @@ class _Trainer:
         sizes = shard_sizes(len(batch), self.info.world_size) if self.info.distributed \
             else None
         value = batch_loss(self.module, self.loss_fn, x, y, n_views=self.n_views, sizes=sizes,
-                           amp=self.amp, shared_views=self.passes < self.n_views)
+                           amp=self.amp, shared_views=passes < self.n_views)
         self.optimizer.zero_grad(set_to_none=True)
         value.backward()
         self.watch.record(value, epoch, step)  # CPU: raises before the update

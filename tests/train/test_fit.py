@@ -83,6 +83,16 @@ def test_views_without_augmentation_share_one_pass(toy_cohort, tmp_path):
     np.testing.assert_allclose(ratio, 0.5)
 
 
+def test_a_last_batch_of_one_image_keeps_its_copies(toy_cohort, tmp_path):
+    """16^3 images end in a 1 x 1 x 1 feature map: one image alone in a batch gives batch
+    norm a single value per channel, so that batch takes the two copies (as before the
+    shared pass) instead of failing."""
+    result = fit(_model("contrastive"), toy_cohort, "exp", loss_kwargs={"sigma": 5.0},
+                 indices=np.arange(17), out_dir=tmp_path, epochs=1, batch_size=16,
+                 augmentation="none", n_views=2, progress=False)
+    assert np.isfinite(result.metrics["loss"]).all()
+
+
 def test_cosine_schedule_with_warm_up_and_its_resume(toy_cohort, tmp_path):
     model = _model("contrastive")
     result = fit(model, toy_cohort, "exp", loss_kwargs={"sigma": 5.0}, indices=TRAIN,
