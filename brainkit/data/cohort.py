@@ -504,6 +504,11 @@ class Cohort:
 
     # ------------------------------------------------------------------ identity
     @property
+    def folder(self) -> Path | None:
+        """The folder the cohort was loaded from (:meth:`load`), ``None`` if built in memory."""
+        return self._folder
+
+    @property
     def content_hash(self) -> str:
         """SHA-256 of the table, the affine and the image bytes (computed once).
 

@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,8 @@ from ..errors import InputError
 from .pipeline import BASELINE, train_encoder
 from .store import ResultsStore
 
-__all__ = ["pool_workers", "train_runs"]
+__all__ = ["cohort_at", "cohort_folder", "pool_workers", "save_cohort_once", "train_planned",
+           "train_runs"]
 
 #: Upper bound of the automatic worker count (memory: each worker maps the cohort).
 MAX_AUTO_WORKERS = 4
@@ -80,10 +81,13 @@ def pool_workers(n_runs: int, device=None) -> int:
         if wanted < 1:
             raise InputError(f"BRAINKIT_WORKERS must be 'auto' or a whole number >= 1, "
                              f"got {raw!r}")
-    if n_runs < 2 or not _on_cpu(device):
+    from ..train.inference import resolve_device
+
+    if n_runs < 2 or resolve_device(device).type != "cpu":
         return 1
-    cores = usable_cores()
-    return max(1, min(wanted, n_runs, cores if raw == "auto" else wanted))
+    if raw == "auto":
+        wanted = min(wanted, usable_cores())
+    return max(1, min(wanted, n_runs))
 
 
 def _spawn_safe() -> bool:
@@ -99,14 +103,6 @@ def _spawn_safe() -> bool:
     if getattr(main, "__spec__", None) is not None:
         return True
     return getattr(main, "__file__", None) is None
-
-
-def _on_cpu(device) -> bool:
-    if device is not None:
-        return str(device).split(":")[0] == "cpu"
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def train_runs(cohort, specs, *, profile, store: ResultsStore, device=None,
@@ -150,7 +146,7 @@ def _train_in_pool(cohort, missing, *, profile, store: ResultsStore, workers: in
                  "seed": spec.seed, "key": key} for spec, key in missing]
     futures = [executor.submit(_train_task, p) for p in payloads]
     try:
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        pending = wait(futures, return_when=FIRST_EXCEPTION).not_done
         for future in futures:
             if future.done() and future.exception() is not None:
                 for other in pending:
@@ -203,41 +199,56 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def train_planned(cohort, loss: str, indices, *, key: str, profile, seed: int,
+                  store: ResultsStore, device=None):
+    """:func:`~brainkit.experiments.pipeline.train_encoder` in a worker, checked against the
+    store key its caller planned (a worker's cohort or settings must not differ)."""
+    run = train_encoder(cohort, loss, np.asarray(indices, dtype=np.int64), profile=profile,
+                        seed=seed, store=store, device=device)
+    if run.key != key:
+        raise RuntimeError(f"the worker trained run {run.key}, not the planned {key}: its "
+                           "cohort or settings differ from the caller's")
+    return run
+
+
 def _train_task(payload: dict) -> str:
-    cohort = cohort_at(payload["cohort_dir"])
-    run = train_encoder(cohort, payload["loss"], np.asarray(payload["indices"], dtype=np.int64),
-                        profile=payload["profile"], seed=payload["seed"],
-                        store=ResultsStore(payload["store"]), device="cpu")
-    if run.key != payload["key"]:
-        raise RuntimeError(f"the worker trained run {run.key}, not the planned {payload['key']}: "
-                           "its cohort differs from the caller's")
-    return run.key
+    return train_planned(cohort_at(payload["cohort_dir"]), payload["loss"],
+                         payload["indices"], key=payload["key"], profile=payload["profile"],
+                         seed=payload["seed"], store=ResultsStore(payload["store"]),
+                         device="cpu").key
 
 
 def cohort_folder(cohort, store: ResultsStore) -> Path:
     """A folder holding ``cohort`` that another process can load: the folder it was loaded
     from when that still holds the same content, else a copy saved once under the store's
     ``cohorts/content-<hash>``."""
-    images = getattr(cohort.source, "_images", None)
-    filename = getattr(images, "filename", None)
-    if filename:
-        folder = Path(filename).parent
-        if _holds(folder, cohort.content_hash):
-            return folder
-    folder = Path(store.root) / "cohorts" / f"content-{cohort.content_hash[:16]}"
-    if not _holds(folder, cohort.content_hash):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder.parent))
-        try:
-            cohort.save(staging)
-            try:
-                os.replace(staging, folder)
-            except OSError:         # another process saved it first
-                if not _holds(folder, cohort.content_hash):
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    folder = cohort.folder
+    if folder is not None and _holds(folder, cohort.content_hash):
+        return folder
+    return save_cohort_once(cohort, Path(store.root) / "cohorts"
+                            / f"content-{cohort.content_hash[:16]}")
+
+
+def save_cohort_once(cohort, final: Path) -> Path:
+    """Save ``cohort`` as ``final`` unless it is there already (atomic: staged beside it and
+    renamed, so two processes meeting leave one complete copy)."""
+    final = Path(final)
+    if (final / "cohort.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        cohort.save(staging)
+        if (final / "cohort.json").is_file():
+            shutil.rmtree(staging)
+        else:
+            if final.exists():  # an incomplete leftover
+                shutil.rmtree(final)
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
 
 
 def _holds(folder: Path, content_hash: str) -> bool:

@@ -43,11 +43,9 @@ import json
 import math
 import numbers
 import os
-import shutil
 import signal
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +57,7 @@ import pandas as pd
 from .._util import SignalFlag, usable_cores
 from ..errors import InputError
 from .designs import DESIGNS
-from .parallel import _COHORTS, cohort_at
+from .parallel import _COHORTS, cohort_at, save_cohort_once, train_planned
 from .pipeline import LOSSES, train_config
 from .profiles import PROFILES, Profile, get_profile
 from .store import ResultsStore, RunOutput, StoreError, config_key
@@ -545,7 +543,9 @@ class Grid:
             return self.cohort_spec.path.resolve()
         root = Path(store.root).resolve()
         if root not in self._saved:
-            self._saved[root] = _save_cohort(self.cohort(), root / "cohorts")
+            cohort = self.cohort()
+            self._saved[root] = save_cohort_once(
+                cohort, root / "cohorts" / cohort.content_hash[:16])
         return self._saved[root]
 
     def _planned(self) -> tuple[list[TrainTask], list[EvalTask]]:
@@ -602,27 +602,6 @@ def _expand(grid: Grid, cohort) -> tuple[list[TrainTask], list[EvalTask]]:
 
 def _jsonable(params: Mapping) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
-
-
-def _save_cohort(cohort, folder: Path) -> Path:
-    """Save ``cohort`` once under ``folder/<content hash>`` (atomic; concurrent-safe)."""
-    final = folder / cohort.content_hash[:16]
-    if (final / "cohort.json").is_file():
-        return final
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        cohort.save(staging)
-        if (final / "cohort.json").is_file():
-            shutil.rmtree(staging)
-        else:
-            if final.exists():  # an incomplete leftover
-                shutil.rmtree(final)
-            os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
 
 
 def load_grid(path: str | os.PathLike) -> Grid:
@@ -683,8 +662,6 @@ def _device(payload: dict) -> str | None:
 
 def _execute(payload: dict) -> dict:
     """Run one task (training or evaluation) in this process; the unit sent to workers."""
-    from .pipeline import train_encoder
-
     if payload.get("threads"):
         import torch
 
@@ -695,12 +672,9 @@ def _execute(payload: dict) -> dict:
     computed = not store.exists(key)
     start = time.perf_counter()
     if payload["kind"] == "train":
-        run = train_encoder(cohort, payload["loss"], payload["train_idx"],
+        run = train_planned(cohort, payload["loss"], payload["train_idx"], key=key,
                             profile=payload["profile"], seed=payload["seed"], store=store,
                             device=_device(payload))
-        if run.key != key:
-            raise RuntimeError(f"the sweep planned run {key} but train_encoder stored "
-                               f"{run.key}: the plan and the training configuration disagree")
         final = _final_loss(run)
     else:
         store.get_or_compute(payload["config"], lambda work_dir: _evaluate(payload, cohort, store))

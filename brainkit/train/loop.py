@@ -1188,8 +1188,7 @@ class _Trainer:
                 if self.executor and step + 1 < len(batches) else None
             value = self._step(x, batches[step], parts[step], epoch, step)
             loss_sum += value.detach().double() * len(batches[step])
-            carry["volumes"] += (self.passes if len(batches[step]) > 1 else self.n_views) \
-                * len(batches[step])
+            carry["volumes"] += self._passes(len(batches[step])) * len(batches[step])
             self.bar.update(1)
             now = time.perf_counter()
             if self.bar.disable is False and now - last_post > 0.5:
@@ -1217,12 +1216,16 @@ class _Trainer:
                                   channels_last=self.channels_last))
         return row
 
+    def _passes(self, n_images: int) -> int:
+        """Forward passes of a batch of ``n_images``: one when the views share it, except
+        for one image alone, which keeps its copies (batch norm needs two values per channel,
+        and a 1 x 1 x 1 last feature map of one image has one; the copies give it two)."""
+        return self.passes if n_images > 1 else self.n_views
+
     def _step(self, x, batch, local, epoch: int, step: int) -> torch.Tensor:
         """One optimiser step on one global batch (this process's share ``local``)."""
         x = self.source.to_device(x)
-        # one image alone keeps its copies: batch norm needs two values per channel, and a
-        # 1 x 1 x 1 last feature map of one image has one (the copies give it two)
-        passes = self.passes if len(local) > 1 else self.n_views
+        passes = self._passes(len(local))
         x = augment_views(x, local, self.augment, n_views=passes, seed=self.seed,
                           epoch=epoch)
         if self.channels_last:
