@@ -4,13 +4,26 @@ All grids cover the OpenBHB / CAT12 box: 180 x 216 x 180 mm with the world origi
 1.5 mm grid is 121 x 145 x 121 with affine ``[[-1.5,0,0,90],[0,1.5,0,-126],[0,0,1.5,-72]]``.
 A voxel size ``mm`` gives ``floor(extent / mm) + 1`` voxels per axis: 3 mm -> 61 x 73 x 61,
 6 mm -> 31 x 37 x 31, 2 mm -> 91 x 109 x 91 (the MNI152 2 mm grid), 4 mm -> 46 x 55 x 46.
+
+:func:`brain_box` is the box of the MNI152 brain mask on any such grid (plus a margin): the part
+of the image a model needs to see (a model built with ``input_box`` crops its input to it).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import warnings
+from functools import lru_cache
+
 import numpy as np
 
-__all__ = ["mni_grid", "OPENBHB_SHAPE", "OPENBHB_AFFINE"]
+__all__ = ["BRAIN_BOX_MARGIN_MM", "brain_box", "mni_grid", "OPENBHB_SHAPE", "OPENBHB_AFFINE"]
+
+#: Margin around the MNI152 brain mask's box (mm) kept by :func:`brain_box`: registration is
+#: never exact (on the 221 real OASIS-1 images at 4 mm, the mean image keeps 99.9 % of its
+#: intensity inside the bare box and 99.998 % with one 4 mm voxel more on each side).
+BRAIN_BOX_MARGIN_MM = 6.0
 
 _EXTENT_MM = np.array([180.0, 216.0, 180.0])
 _ORIGIN_MM = np.array([90.0, -126.0, -72.0])
@@ -45,3 +58,80 @@ def mni_grid(mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
     affine[:3, :3] = np.diag(_SIGNS * mm)
     affine[:3, 3] = _ORIGIN_MM
     return shape, affine
+
+
+def resample_kwargs() -> dict:
+    """Keyword arguments nilearn's ``resample_img`` needs to stay quiet (nilearn >= 0.11 warns
+    unless ``force_resample`` / ``copy_header`` are given; older versions do not know them)."""
+    from nilearn.image import resample_img
+
+    params = inspect.signature(resample_img).parameters
+    return {k: True for k in ("force_resample", "copy_header") if k in params}
+
+
+def brain_box(shape, affine, margin_mm: float = BRAIN_BOX_MARGIN_MM
+              ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The voxel box of the MNI152 brain mask on a grid, widened by a margin.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        The grid's shape (e.g. ``cohort.images().shape[1:]``).
+    affine : array-like of shape (4, 4)
+        The grid's voxel-to-MNI affine.
+    margin_mm : float, default :data:`BRAIN_BOX_MARGIN_MM`
+        Kept on each side, rounded up to whole voxels, clipped to the grid.
+
+    Returns
+    -------
+    tuple of 3 (start, stop) pairs
+        ``images[:, x0:x1, y0:y1, z0:z1]`` holds the brain. On the 6 mm grid (31 x 37 x 31):
+        ``((2, 29), (3, 35), (0, 27))``, 66 % of the voxels (the bare mask's box: 55 %).
+
+    Raises
+    ------
+    ValueError
+        A grid the brain mask does not fall on (images not in MNI space), or a bad margin.
+
+    Notes
+    -----
+    The mask is nilearn's bundled MNI152 brain mask (no download), resampled linearly onto the
+    grid and thresholded at 0.5; results are cached per grid.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"brain_box needs a 3D grid shape, got {shape}")
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"brain_box needs a finite 4x4 affine, got shape {affine.shape}")
+    margin_mm = float(margin_mm)
+    if not (math.isfinite(margin_mm) and margin_mm >= 0):
+        raise ValueError(f"margin_mm must be >= 0 mm, got {margin_mm!r}")
+    return _brain_box(shape, tuple(map(float, affine.ravel())), margin_mm)
+
+
+@lru_cache(maxsize=None)
+def _brain_box(shape, affine_flat, margin_mm):
+    from nilearn.datasets import load_mni152_brain_mask
+    from nilearn.image import resample_img
+
+    affine = np.array(affine_flat).reshape(4, 4)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Resampling binary images")
+            out = resample_img(load_mni152_brain_mask(resolution=1), target_affine=affine,
+                               target_shape=shape, interpolation="linear", **resample_kwargs())
+        inside = np.nonzero(np.asarray(out.get_fdata()) > 0.5)
+    except ValueError:       # nilearn: "the field of view ... does not contain any of the data"
+        inside = (np.array([], dtype=int),)
+    if inside[0].size == 0:
+        raise ValueError(f"the MNI152 brain mask does not fall on the grid of shape {shape} "
+                         f"with affine {affine.tolist()}: images not in MNI space cannot be "
+                         "cropped to the brain (build the model with input_box=None)")
+    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    box = []
+    for axis, n in enumerate(shape):
+        pad = int(math.ceil(margin_mm / voxel_mm[axis] - 1e-9))
+        start, stop = int(inside[axis].min()), int(inside[axis].max()) + 1
+        box.append((max(start - pad, 0), min(stop + pad, n)))
+    return tuple(box)

@@ -55,7 +55,6 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import numbers
@@ -71,6 +70,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.special import ndtr, ndtri
 
 from .cohort import Cohort
+from .grid import resample_kwargs
 
 __all__ = [
     "PRESETS",
@@ -181,13 +181,6 @@ def _grid_names() -> str:
     return ", ".join(f"{k:g}" for k in GRIDS)
 
 
-def _resample_kwargs() -> dict:
-    # nilearn >= 0.11 warns unless these are given; older versions do not know them.
-    from nilearn.image import resample_img
-    params = inspect.signature(resample_img).parameters
-    return {k: True for k in ("force_resample", "copy_header") if k in params}
-
-
 @lru_cache(maxsize=None)
 def _template(key: float) -> np.ndarray:
     from nilearn.datasets import load_mni152_gm_template
@@ -199,7 +192,7 @@ def _template(key: float) -> np.ndarray:
         # Anti-aliasing before subsampling the 1 mm template.
         img = smooth_img(img, fwhm=key)
     out = resample_img(img, target_affine=np.array(affine), target_shape=shape,
-                       interpolation="continuous", **_resample_kwargs())
+                       interpolation="continuous", **resample_kwargs())
     data = np.clip(np.asarray(out.get_fdata(), dtype=np.float32), 0.0, 1.0)
     data *= _mask(key)
     data.flags.writeable = False
@@ -217,7 +210,7 @@ def _mask(key: float) -> np.ndarray:
         # Linear interpolation of the binary mask, thresholded at 0.5 below, is intended.
         warnings.filterwarnings("ignore", message="Resampling binary images")
         out = resample_img(img, target_affine=np.array(affine), target_shape=shape,
-                           interpolation="linear", **_resample_kwargs())
+                           interpolation="linear", **resample_kwargs())
     data = np.asarray(out.get_fdata()) > 0.5
     data.flags.writeable = False
     return data

@@ -66,10 +66,10 @@ def step_throughput(profile: str | Profile | None = None, *, steps: int = 5, war
 
     profile = get_profile(profile)
     dev = torch.device(device or profile.resolved_device())
-    shape, _ = mni_grid(profile.grid_mm)
+    shape, affine = mni_grid(profile.grid_mm)
     cuda = dev.type == "cuda"
     torch.manual_seed(0)
-    model = build_model(**profile.model_config("contrastive")).to(dev)
+    model = build_model(**profile.model_config("contrastive", grid=(shape, affine))).to(dev)
     x = torch.rand(profile.n_views * profile.batch_size, 1, *shape, device=dev)
     if cuda:
         model = model.to(memory_format=torch.channels_last_3d)

@@ -242,13 +242,14 @@ class RegressionModel(nn.Module):
 def build_model(kind: str, *, depth: int = 18, widths: Sequence[int] = (64, 128, 256, 512),
                 in_channels: int = 1, norm: str = "batch",
                 head_dims: Sequence[int] = (512, 128), target_mean: float = 0.0,
-                target_scale: float = 1.0, zero_init_residual: bool = False) -> nn.Module:
+                target_scale: float = 1.0, zero_init_residual: bool = False,
+                input_box=None) -> nn.Module:
     """Build a contrastive or regression model on a fresh 3D ResNet encoder.
 
     Parameters
     ----------
     kind : {"contrastive", "regression"}
-    depth, widths, in_channels, norm, zero_init_residual
+    depth, widths, in_channels, norm, zero_init_residual, input_box
         Encoder settings, see :func:`brainkit.models.resnet3d`.
     head_dims : sequence of int, default (512, 128)
         Projection head widths (``kind="contrastive"`` only).
@@ -268,7 +269,7 @@ def build_model(kind: str, *, depth: int = 18, widths: Sequence[int] = (64, 128,
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
     encoder = resnet3d(depth=depth, widths=widths, in_channels=in_channels, norm=norm,
-                       zero_init_residual=zero_init_residual)
+                       zero_init_residual=zero_init_residual, input_box=input_box)
     if kind == "contrastive":
         return ContrastiveModel(encoder, head_dims=head_dims)
     return RegressionModel(encoder, target_mean=target_mean, target_scale=target_scale)

@@ -226,6 +226,21 @@ class TrainConfig:
             changes["n_views"] = None          # re-derive the default for the new loss
         return dataclasses.replace(self, **changes)
 
+    def for_grid(self, shape, affine) -> TrainConfig:
+        """This configuration on a grid: ``model["input_box"] == "brain"`` becomes the brain's
+        voxel box there (:func:`brainkit.data.grid.brain_box`); otherwise ``self``.
+
+        A profile asks for ``"brain"`` (the key of a run stays grid-free); the run's own
+        ``config.json`` records the box, so :func:`brainkit.train.load_model` rebuilds the
+        same crop.
+        """
+        if self.model.get("input_box") != "brain":
+            return self
+        from brainkit.data.grid import brain_box
+
+        box = [list(pair) for pair in brain_box(shape, affine)]
+        return self.replace(model={**_thaw(self.model), "input_box": box})
+
     # ------------------------------------------------------------------ builders
     def build_model(self):
         """A fresh model of ``model``, initialised from ``seed`` (torch's global generator)."""
@@ -235,6 +250,10 @@ class TrainConfig:
 
         if not self.model:
             raise ValueError("TrainConfig.model is empty: give the build_model arguments")
+        if self.model.get("input_box") == "brain":
+            raise ValueError("TrainConfig.model has input_box 'brain': resolve it on the "
+                             "images' grid first (config.for_grid(shape, affine); train_run "
+                             "and fit do)")
         torch.manual_seed(self.seed)
         return build_model(**_thaw(self.model))
 

@@ -281,6 +281,18 @@ def predict_age(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
 
 
 @torch.no_grad()
+def cut_batches(order: np.ndarray, batch_size: int, *, drop_last: bool = False
+                ) -> list[np.ndarray]:
+    """``order`` cut into batches of ``batch_size``; with ``batch_size > 1``, a last batch of
+    one image joins the one before it (train-mode batch norm needs two values per channel, and one image whose last
+    feature map is 1 x 1 x 1 has one). ``drop_last`` drops a short last batch instead."""
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    batches = [order[s:s + batch_size] for s in range(0, stop, batch_size)]
+    if batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
+
+
 def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size: int = 32,
                           device: str | torch.device | None = None) -> int:
     """Recompute batch-norm running statistics on clean (unaugmented) images.
@@ -321,8 +333,8 @@ def recalibrate_batchnorm(model: nn.Module, cohort, indices=None, *, batch_size:
         _check_cohort(cohort, model)
         idx = resolve_indices(indices, len(cohort))
         source = _host_batches(cohort, resolve_device(device, model))
-        for start in range(0, len(idx), batch_size):
-            model(source.load(idx[start:start + batch_size]))
+        for batch in cut_batches(np.asarray(idx), batch_size):
+            model(source.load(batch))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

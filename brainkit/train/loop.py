@@ -49,13 +49,13 @@ from torch import nn
 
 from .._util import FolderLock, SignalFlag
 from ..errors import FolderLockedError, InputError, NonFiniteError
-from .config import LR_SCHEDULES, check_float, check_int
+from .config import LR_SCHEDULES, TrainConfig, check_float, check_int
 from .checkpoint import CHECKPOINT_NAME, atomic_save, atomic_write, load_checkpoint, \
     nonfinite_tensors, rng_state, \
     set_rng_state
 from .distributed import DistInfo, gather_views, setup_distributed, shard, shard_sizes, \
     teardown_distributed
-from .inference import embed, resolve_device, resolve_indices, unwrap_model
+from .inference import cut_batches, embed, resolve_device, resolve_indices, unwrap_model
 from .runs import model_config as describe_model
 from .runs import read_run_config, write_run_config
 
@@ -156,7 +156,9 @@ def epoch_batches(indices, *, batch_size: int, seed: int, epoch: int,
     seed, epoch : int
         ``epoch`` is 0-based.
     drop_last : bool, default False
-        Drop a final batch smaller than ``batch_size``.
+        Drop a final batch smaller than ``batch_size``. Otherwise a final batch of one image
+        joins the batch before it (:func:`cut_batches`: batch norm in train mode needs more
+        than one value per channel).
 
     Returns
     -------
@@ -165,9 +167,7 @@ def epoch_batches(indices, *, batch_size: int, seed: int, epoch: int,
     """
     idx = np.asarray(indices, dtype=np.int64)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _ORDER_STREAM, epoch]))
-    order = idx[rng.permutation(len(idx))]
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    return [order[s:s + batch_size] for s in range(0, stop, batch_size)]
+    return cut_batches(idx[rng.permutation(len(idx))], batch_size, drop_last=drop_last)
 
 
 def view_seed(seed: int, epoch: int, index: int, view: int) -> int:
@@ -620,7 +620,7 @@ _SETTINGS = {"epochs": 300, "batch_size": 32, "lr": 1e-4, "weight_decay": 5e-5, 
 
 def _settings_of(config, settings: dict) -> tuple[object, dict, dict | None]:
     """(loss, settings, TrainConfig dict or None) from fit's config argument."""
-    from .config import AUGMENTATIONS, TrainConfig
+    from .config import AUGMENTATIONS
 
     unknown = sorted(set(settings) - set(_SETTINGS))
     if unknown:
@@ -816,6 +816,8 @@ def fit(model: nn.Module, cohort, config, *, out_dir, indices=None,
     >>> result.metrics[["epoch", "loss"]]  # doctest: +SKIP
     """
     # ---------------------------------------------------------------- validation
+    if isinstance(config, TrainConfig) and getattr(cohort, "grid_shape", None) is not None:
+        config = config.for_grid(cohort.grid_shape, cohort.affine)   # input_box "brain"
     loss, values, train_record = _settings_of(config, settings)
     epochs, batch_size, lr = values["epochs"], values["batch_size"], values["lr"]
     weight_decay, lr_step, lr_gamma = values["weight_decay"], values["lr_step"], \
@@ -1218,8 +1220,8 @@ class _Trainer:
 
     def _passes(self, n_images: int) -> int:
         """Forward passes of a batch of ``n_images``: one when the views share it, except
-        for one image alone, which keeps its copies (batch norm needs two values per channel,
-        and a 1 x 1 x 1 last feature map of one image has one; the copies give it two)."""
+        for one image alone (``batch_size=1``), which keeps its copies (batch norm needs two
+        values per channel, and a 1 x 1 x 1 last feature map of one image has one)."""
         return self.passes if n_images > 1 else self.n_views
 
     def _step(self, x, batch, local, epoch: int, step: int) -> torch.Tensor:

@@ -53,6 +53,7 @@ def train_run(cohort, config: TrainConfig, *, out_dir, indices=None, device=None
                         f"{type(config).__name__}")
     idx = np.sort(resolve_indices(indices, len(cohort), "indices"))
     device = resolve_device(device)
+    config = config.for_grid(cohort.grid_shape, cohort.affine)
     model = config.build_model()
     result = fit(model, cohort, config, out_dir=out_dir, indices=idx, device=device,
                  resume=resume, progress=progress, **fit_options)

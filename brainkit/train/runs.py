@@ -50,8 +50,9 @@ def model_config(model: nn.Module) -> dict:
     Returns
     -------
     dict
-        JSON-ready: ``kind``, ``depth``, ``widths``, ``in_channels``, ``norm``, and
-        ``head_dims`` (contrastive) or ``target_mean`` / ``target_scale`` (regression).
+        JSON-ready: ``kind``, ``depth``, ``widths``, ``in_channels``, ``norm``,
+        ``input_box`` (when the encoder crops its input), and ``head_dims`` (contrastive) or
+        ``target_mean`` / ``target_scale`` (regression).
 
     Raises
     ------
@@ -74,6 +75,8 @@ def model_config(model: nn.Module) -> dict:
                         f"{RESNET_LAYERS}; pass model_config=... explicitly")
     cfg = {"depth": depths[tuple(enc.layers)], "widths": [int(w) for w in enc.widths],
            "in_channels": int(enc.in_channels), "norm": str(enc.norm)}
+    if getattr(enc, "input_box", None) is not None:
+        cfg["input_box"] = [list(pair) for pair in enc.input_box]
     if isinstance(base, ContrastiveModel):
         return {"kind": "contrastive", **cfg, "head_dims": [int(d) for d in base.head_dims]}
     return {"kind": "regression", **cfg, "target_mean": float(base.target_mean),

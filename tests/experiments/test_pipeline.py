@@ -164,7 +164,7 @@ def test_brainkit_train_and_the_book_train_the_same_run(tmp_path, loss, one_thre
     from brainkit.cli import main
     from brainkit.data import Cohort
     from brainkit.experiments import train_encoder
-    from brainkit.train import load_model
+    from brainkit.train import TrainConfig, load_model
 
     cohort = Cohort.load(make_merged({"openbhb": 40}, grid_mm=6, seed=3).save(tmp_path / "c"))
     out = tmp_path / "cli"
@@ -173,8 +173,42 @@ def test_brainkit_train_and_the_book_train_the_same_run(tmp_path, loss, one_thre
     run = train_encoder(cohort, loss, np.arange(len(cohort)), profile="smoke", seed=2,
                         store=ResultsStore(tmp_path / "store"), device="cpu")
     cli_config = json.loads((out / "config.json").read_text())["train"]
-    assert cli_config == run.config["config"]
+    # the store key says input_box "brain"; both run folders hold the box on this grid
+    key_config = TrainConfig.from_dict(run.config["config"])
+    assert key_config.model["input_box"] == "brain"
+    assert cli_config == key_config.for_grid(cohort.grid_shape, cohort.affine).to_dict()
     a, b = load_model(out).state_dict(), load_model(run.file("model")).state_dict()
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_a_profile_that_crops_to_the_brain_saves_the_box_with_the_model(tmp_path, one_thread):
+    """``input_box="brain"`` stays grid-free in the run's key and becomes the 6 mm brain box
+    when the run starts; the saved model crops alike, and a resumed run finds the same
+    settings."""
+    from brainkit.train import embed, load_model, read_run_config, train_run
+
+    profile = TINY.replace(epochs=1)
+    assert profile.input_box == "brain"
+    cohort = make_merged({"openbhb": 20}, grid_mm=6, seed=5)
+    config = profile.train_config("exp", seed=0)
+    assert config.model["input_box"] == "brain"
+    with pytest.raises(ValueError, match="resolve it on the images' grid"):
+        config.build_model()
+    box = ((2, 29), (3, 35), (0, 27))
+    assert profile.model_config("contrastive", grid=(cohort.grid_shape, cohort.affine))[
+        "input_box"] == box
+    result = train_run(cohort, config, out_dir=tmp_path / "run", device="cpu")
+    assert result.model.encoder.input_box == box
+    saved = read_run_config(tmp_path / "run")
+    assert saved["model"]["input_box"] == [list(p) for p in box]
+    assert saved["train"]["model"]["input_box"] == [list(p) for p in box]
+    loaded = load_model(tmp_path / "run", device="cpu")
+    assert loaded.encoder.input_box == box
+    np.testing.assert_allclose(embed(loaded, cohort), embed(result.model, cohort), rtol=1e-5,
+                               atol=1e-6)
+    again = train_run(cohort, config, out_dir=tmp_path / "run", device="cpu", resume=True)
+    assert again.epochs_completed == 1
+    with pytest.raises(ValueError, match="input_box"):
+        profile.replace(input_box="ventricles")

@@ -119,7 +119,9 @@ def test_sync_batchnorm_conversion_of_full_model(x):
 
 def test_build_model_passes_every_option():
     m = build_model("contrastive", depth=34, widths=(4, 8, 12, 16), in_channels=2, norm="group",
-                    head_dims=(20, 10), zero_init_residual=True)
+                    head_dims=(20, 10), zero_init_residual=True,
+                    input_box=[[1, 9], [0, 10], [2, 8]])
+    assert m.encoder.input_box == ((1, 9), (0, 10), (2, 8))
     assert isinstance(m, ContrastiveModel) and isinstance(m.encoder, ResNet3d)
     enc = m.encoder
     assert enc.layers == (3, 4, 6, 3) and enc.widths == (4, 8, 12, 16)

@@ -210,8 +210,44 @@ def test_sync_batchnorm_conversion_reaches_every_norm():
         ({"widths": (8, 16, 0, 64)}, r"widths\[2\]"),
         ({"in_channels": 0}, "in_channels"),
         ({"in_channels": 1.5}, "in_channels"),
+        ({"input_box": ((0, 4), (0, 4))}, "input_box"),
+        ({"input_box": ((0, 4), (3, 3), (0, 4))}, "input_box"),
+        ({"input_box": ((-1, 4), (0, 4), (0, 4))}, "input_box"),
+        ({"input_box": ((0, 4.5), (0, 4), (0, 4))}, "input_box"),
+        ({"input_box": "brain"}, "resolved on a grid"),
+        ({"input_box": 7}, "input_box"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resnet3d(**kwargs)
+
+
+def test_input_box_is_the_uncropped_model_on_the_cropped_input():
+    """A model with ``input_box`` is the same network applied to ``x[..., box]``: same weights
+    from the same seed, same outputs (train and eval mode), gradients reach the cropped voxels
+    only."""
+    box = ((2, 29), (3, 35), (0, 27))
+    torch.manual_seed(3)
+    cropping = resnet3d(18, widths=NARROW, input_box=[list(p) for p in box])
+    torch.manual_seed(3)
+    plain = resnet3d(18, widths=NARROW)
+    assert cropping.input_box == box and plain.input_box is None
+    for a, b in zip(cropping.state_dict().values(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    x = torch.randn(3, 1, 31, 37, 31, requires_grad=True)
+    inner = x[:, :, 2:29, 3:35, 0:27]
+    for mode in ("train", "eval"):
+        getattr(cropping, mode)(), getattr(plain, mode)()
+        torch.testing.assert_close(cropping(x), plain(inner))
+    cropping(x).sum().backward()
+    outside = torch.ones_like(x, dtype=torch.bool)
+    outside[:, :, 2:29, 3:35, 0:27] = False
+    assert x.grad[outside].abs().max() == 0 and x.grad[~outside].abs().max() > 0
+
+
+def test_input_box_refuses_an_input_that_does_not_reach_it():
+    enc = resnet3d(10, widths=NARROW, input_box=((2, 29), (3, 35), (0, 27)))
+    with pytest.raises(ValueError, match=r"reaching at least \(29, 35, 27\), got shape "
+                                         r"\(1, 1, 28, 37, 31\)"):
+        enc(torch.zeros(1, 1, 28, 37, 31))

@@ -83,14 +83,24 @@ def test_views_without_augmentation_share_one_pass(toy_cohort, tmp_path):
     np.testing.assert_allclose(ratio, 0.5)
 
 
-def test_a_last_batch_of_one_image_keeps_its_copies(toy_cohort, tmp_path):
-    """16^3 images end in a 1 x 1 x 1 feature map: one image alone in a batch gives batch
-    norm a single value per channel, so that batch takes the two copies (as before the
-    shared pass) instead of failing."""
-    result = fit(_model("contrastive"), toy_cohort, "exp", loss_kwargs={"sigma": 5.0},
-                 indices=np.arange(17), out_dir=tmp_path, epochs=1, batch_size=16,
-                 augmentation="none", n_views=2, progress=False)
+@pytest.mark.parametrize("kind, loss, batch_size", [("contrastive", "exp", 16),
+                                                     ("regression", "l1", 16),
+                                                     ("contrastive", "exp", 1)])
+def test_one_image_alone_in_a_batch_trains(toy_cohort, tmp_path, kind, loss, batch_size):
+    """16^3 images end in a 1 x 1 x 1 feature map: one image alone in a batch would give
+    batch norm a single value per channel. A last batch of one joins the batch before it
+    (17 images, batch 16: one batch of 17); with ``batch_size=1`` a contrastive batch keeps
+    its two copies (no shared pass)."""
+    options = {"loss_kwargs": {"sigma": 5.0}, "n_views": 2} if loss == "exp" else {}
+    model = _model(kind, toy_cohort.table["age"].to_numpy())
+    result = fit(model, toy_cohort, loss, indices=np.arange(17), out_dir=tmp_path,
+                 epochs=1, batch_size=batch_size, augmentation="none", progress=False,
+                 **options)
     assert np.isfinite(result.metrics["loss"]).all()
+    views = 2 if loss == "exp" else 1
+    expected = 17 * (views if batch_size == 1 else 1)   # volumes through the model
+    assert result.metrics["volumes_per_s"].iloc[0] * result.metrics["seconds"].iloc[0] \
+        == pytest.approx(expected)
 
 
 def test_cosine_schedule_with_warm_up_and_its_resume(toy_cohort, tmp_path):
