@@ -40,11 +40,6 @@ MODELS = (BASELINE,) + LOSSES
 BASELINE_COMPONENTS = 64
 
 
-def loss_kwargs(loss: str, profile: Profile) -> dict:
-    """``make_loss`` arguments a profile implies (:meth:`Profile.loss_kwargs`)."""
-    return profile.loss_kwargs(loss)
-
-
 def _digest(values) -> str:
     text = "\n".join(map(str, values))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

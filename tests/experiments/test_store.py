@@ -96,6 +96,32 @@ def test_profiles(monkeypatch):
         PROFILES["ci"].replace(epoch=2)
 
 
+def test_the_ci_kernel_width_follows_the_spread_of_the_training_ages():
+    """sigma_sd * std(ages), clipped to [1, sigma]: the merged pool's spread keeps the cap,
+    an older-adults cohort gets a narrower kernel, and the width is part of the run's key."""
+    import numpy as np
+
+    ci = PROFILES["ci"]
+    wide = np.linspace(7.0, 91.0, 401)                 # std 24.3 years
+    old = 76.0 + 6.6 * np.random.default_rng(0).standard_normal(258)
+    assert ci.kernel_sigma(wide) == ci.sigma == 5.0
+    assert ci.kernel_sigma(old) == round(0.4 * float(np.std(old)), 2)
+    assert 2.4 < ci.kernel_sigma(old) < 2.9
+    assert ci.kernel_sigma(np.full(20, 70.0)) == 1.0
+    for loss in ("yaware", "threshold", "exp", "adapn"):
+        assert ci.loss_kwargs(loss, old)["sigma"] == ci.kernel_sigma(old)
+    assert ci.loss_kwargs("rnc") == {"temperature": 2.0} and ci.loss_kwargs("l1") == {}
+    with pytest.raises(ValueError, match="sets the kernel width from the training ages"):
+        ci.loss_kwargs("exp")
+    assert ci.train_config("exp", ages=old).loss_kwargs["sigma"] == ci.kernel_sigma(old)
+    assert ci.train_config("exp", ages=old) != ci.train_config("exp", ages=wide)
+    fixed = ci.replace(sigma_sd=None)
+    assert fixed.kernel_sigma() == fixed.kernel_sigma(old) == 5.0
+    assert PROFILES["paper"].loss_kwargs("exp")["sigma"] == 2.0
+    with pytest.raises(ValueError, match="sigma_sd must be a positive number"):
+        ci.replace(sigma_sd=0)
+
+
 # --------------------------------------------------------------------------- reliability
 @pytest.mark.parametrize("tables, files", [
     ({"../../x": pd.DataFrame({"a": [1]})}, None),

@@ -25,7 +25,8 @@ def test_train_resume_and_embed(saved_synthetic, tmp_path, capsys):
     ci = get_profile("ci")
     assert config["model"]["widths"] == list(ci.widths)
     assert config["model"]["head_dims"] == list(ci.head_dims)
-    assert config["train"]["loss_kwargs"] == ci.loss_kwargs("exp")
+    ages = Cohort.load(saved_synthetic).table["age"].to_numpy(float)
+    assert config["train"]["loss_kwargs"] == ci.loss_kwargs("exp", ages)
     assert config["train"]["lr"] == ci.lr and config["train"]["batch_size"] == 8
     assert config["train"]["recalibrate_bn"] is True and config["batchnorm_recalibrated"]
 
