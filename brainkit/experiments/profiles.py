@@ -69,12 +69,14 @@ n_views, augmentation :
     sigma_sd : float or None
         When set, a run's kernel width is ``sigma_sd`` times the standard deviation of its
         training images' ages, at most ``sigma`` and at least 1 year
-        (:meth:`kernel_sigma`): a kernel as wide as the merged pool needs flattens the
-        kernel on a cohort of older adults alone. ``ci``: 0.4, so the merged pool (ages SD 24
+        (:meth:`kernel_sigma`): the width the merged pool needs is too flat for a cohort of
+        older adults alone. ``ci``: 0.4, so the merged pool (ages SD 24
         years) keeps 5 and an ADNI-like cohort (SD 7) gets 2.6. Measured with the ci recipe
         (exp, 5-fold ``cross_validate`` on the ADNI-like preset, 240 subjects, seeds 0-2):
-        healthy MAE 4.85 years with sigma 5, 4.17 with 2.5, 4.76 / 4.04 / 3.94 / 4.18 with
-        5 / 3.5 / 2.5 / 1.75 at seed 0; on the merged pool (held-out MAE, seeds 0 and 1)
+        healthy MAE 4.85 years with sigma 5, 4.17 with 2.5, 4.24 with this rule (2.6; the
+        voxel ridge: 3.27); 4.76 / 4.04 / 3.94 / 4.18 with 5 / 3.5 / 2.5 / 1.75 at seed 0.
+        On the OASIS-3-like preset (SD 10, seed 0) the rule's 4.1 and 5 gave 4.56 and 4.60.
+        On the merged pool (held-out MAE, seeds 0 and 1)
         sigma 3.5, 7.5 and 10 gave 6.15, 6.81 and 7.18 against 5.84 with 5.
     finetune_epochs, finetune_lr : int, float
         Downstream fine-tuning (HC vs AD) of a pretrained encoder with a linear head.
