@@ -36,7 +36,8 @@ if threads > 0:
     torch.set_num_threads(threads)
 cohort = make_merged({"openbhb": 200}, grid_mm=6, seed=0)
 profile = get_profile("ci")
-config = profile.train_config("exp").replace(epochs=int(sys.argv[2]), warmup_epochs=0)
+config = profile.train_config("exp", ages=cohort.table["age"]).replace(
+    epochs=int(sys.argv[2]), warmup_epochs=0).for_grid(cohort.grid_shape, cohort.affine)
 model = config.build_model()
 start = time.perf_counter()
 with tempfile.TemporaryDirectory() as tmp:

@@ -192,7 +192,7 @@ def test_a_profile_that_crops_to_the_brain_saves_the_box_with_the_model(tmp_path
     profile = TINY.replace(epochs=1)
     assert profile.input_box == "brain"
     cohort = make_merged({"openbhb": 20}, grid_mm=6, seed=5)
-    config = profile.train_config("exp", seed=0)
+    config = profile.train_config("exp", ages=cohort.table["age"], seed=0)
     assert config.model["input_box"] == "brain"
     with pytest.raises(ValueError, match="resolve it on the images' grid"):
         config.build_model()
