@@ -34,7 +34,10 @@ def toc_entries() -> list[str]:
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
     """Build the book once, as `make book` does (brainkit.bookbuild), into a temporary folder."""
+    from brainkit.experiments import default_store
+
     out = tmp_path_factory.mktemp("book")
+    before = len(default_store().keys())   # the build's store (BRAINKIT_STORE or the project's)
     env = {**os.environ, "BRAINKIT_PROFILE": os.environ.get("BRAINKIT_PROFILE", "ci"),
            "BRAINKIT_WORKERS": "auto"}    # as `make book` (tests default to 1)
     proc = subprocess.run(
@@ -46,6 +49,7 @@ def built_book(tmp_path_factory):
         pytest.fail(f"book build failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n"
                     f"{log.read_text()[-8000:] if log.is_file() else proc.stdout[-8000:]}")
     (out / "_build" / "build-stdout.txt").write_text(proc.stdout)
+    (out / "_build" / "runs-computed.txt").write_text(str(len(default_store().keys()) - before))
     return out / "_build" / "html"
 
 
