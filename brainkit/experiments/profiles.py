@@ -195,11 +195,9 @@ n_views, augmentation :
         RnC its own temperature 2 (the paper); L1 none."""
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        if loss == "adapn":  # rbf only, no kernel argument
-            return {"sigma": self.kernel_sigma(ages), "temperature": self.temperature}
-        if loss in ("yaware", "threshold", "exp"):
-            return {"kernel": "rbf", "sigma": self.kernel_sigma(ages),
-                    "temperature": self.temperature}
+        if loss in ("yaware", "threshold", "exp", "adapn"):
+            kernel = {"sigma": self.kernel_sigma(ages), "temperature": self.temperature}
+            return kernel if loss == "adapn" else {"kernel": "rbf", **kernel}  # adapn: rbf only
         if loss == "rnc":
             return {"temperature": 2.0}
         return {}
@@ -214,7 +212,8 @@ n_views, augmentation :
         ages : array-like, optional
             The training images' ages: the L1 model's output offset and scale (their mean
             and standard deviation, rounded to 4 decimals), and the kernel width where
-            :attr:`sigma_sd` is set. Needed for ``"l1"`` and then.
+            :attr:`sigma_sd` is set. Needed for ``"l1"``, and for the kernelised losses
+            when :attr:`sigma_sd` is set.
         seed : int, default 0
 
         Returns
