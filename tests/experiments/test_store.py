@@ -122,6 +122,34 @@ def test_the_ci_kernel_width_follows_the_spread_of_the_training_ages():
         ci.replace(sigma_sd=0)
 
 
+def test_the_ci_batch_size_keeps_enough_steps_for_a_small_training_set():
+    """n_images // min_steps, clipped to [min_batch_size, batch_size], for the contrastive
+    losses: the merged pool keeps its batch, a small pool gets smaller ones (in the key);
+    L1 keeps its batch (loss_settings)."""
+    import numpy as np
+
+    ci = PROFILES["ci"]
+    pool, fold, tiny = (np.linspace(7.0, 91.0, n) for n in (400, 258, 60))
+    assert ci.batch_size_for(400) == ci.batch_size == 16
+    assert ci.batch_size_for(258) == 10 and ci.batch_size_for(60) == ci.min_batch_size == 8
+    assert [ci.train_config(loss, ages=fold).batch_size
+            for loss in ("exp", "yaware", "threshold", "l1")] == [10, 10, 10, 16]
+    assert ci.train_config("exp", ages=pool).batch_size == 16
+    assert ci.train_config("exp", ages=tiny).batch_size == 8
+    assert ci.train_config("l1", ages=tiny).batch_size == 16
+    assert ci.train_config("exp", ages=fold).key() != ci.train_config(
+        "exp", ages=fold).replace(batch_size=16).key()
+    with pytest.raises(ValueError, match="sets the batch size from the number of training"):
+        ci.replace(sigma_sd=None).train_config("exp")
+    assert PROFILES["paper"].batch_size_for() == PROFILES["paper"].train_config(
+        "exp").batch_size == 32
+    assert ci.replace(batch_size=4).batch_size_for(60) == 4      # never above batch_size
+    with pytest.raises(ValueError, match="min_steps must be an integer >= 1 or None"):
+        ci.replace(min_steps=0)
+    with pytest.raises(ValueError, match="min_batch_size must be an integer >= 1"):
+        ci.replace(min_batch_size=2.5)
+
+
 # --------------------------------------------------------------------------- reliability
 @pytest.mark.parametrize("tables, files", [
     ({"../../x": pd.DataFrame({"a": [1]})}, None),
