@@ -165,12 +165,15 @@ n_views, augmentation :
     def __post_init__(self):
         if self.input_box not in (None, "brain"):
             raise ValueError(f"Profile.input_box must be 'brain' or None, got {self.input_box!r}")
-        for name, minimum in (("min_steps", 1), ("min_batch_size", 1)):
-            value = getattr(self, name)
-            if not (value is None and name == "min_steps") and not (
-                    isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-                raise ValueError(f"Profile.{name} must be an integer >= {minimum}"
-                                 f"{' or None' if name == 'min_steps' else ''}, got {value!r}")
+        def positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if self.min_steps is not None and not positive_int(self.min_steps):
+            raise ValueError(f"Profile.min_steps must be an integer >= 1 or None, got "
+                             f"{self.min_steps!r}")
+        if not positive_int(self.min_batch_size):
+            raise ValueError(f"Profile.min_batch_size must be an integer >= 1, got "
+                             f"{self.min_batch_size!r}")
         if self.sigma_sd is not None and not (isinstance(self.sigma_sd, (int, float))
                                               and self.sigma_sd > 0):
             raise ValueError(f"Profile.sigma_sd must be a positive number or None, got "
