@@ -157,11 +157,11 @@ def cross_validated_brain_age(cohort, *, models=REAL_MODELS, profile=None, store
     """:func:`~brainkit.experiments.pipeline.cross_validate` of every model on the same
     subject-level folds, stacked (``loss`` column), with a ``cdr`` label (``"0"`` for
     healthy images, else the rating; OASIS-1 leaves most under-60s unrated: healthy)."""
-    from .designs import cross_validate
+    from .designs import _stack
 
-    frames = [cross_validate(cohort, m, folds=folds, profile=profile, store=store,
-                             device=device) for m in models]
-    out = pd.concat(frames, ignore_index=True)
+    # one stack: every model's fold runs are planned together and train side by side
+    out = _stack("cross_validate", "predictions", cohort, models, seed=0, seeds=None,
+                 params={"folds": folds}, profile=profile, store=store, device=device)
     if "CDR" in out:
         cdr = pd.to_numeric(out["CDR"], errors="coerce").fillna(0.0)
         out["cdr"] = cdr.map(lambda v: f"{v:g}")
