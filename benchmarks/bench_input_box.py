@@ -2,8 +2,10 @@
 
 One contrastive training step of the ``ci`` model (batch 16 x 2 views, exp loss, Adam; data
 already in memory, :func:`brainkit.experiments.speed.step_throughput`) on the whole image and
-on the MNI152 brain mask's box (:func:`brainkit.data.grid.brain_box`), on the 6 mm grid of the
-synthetic default and the 4 mm grid of the real OASIS-1 chapter. Prints one line per grid.
+on the MNI152 brain mask's box (:func:`brainkit.data.grid.brain_box`, widened to keep the
+whole image's last feature map, as ``Profile.input_box="brain"`` resolves it), on the 6 mm
+grid of the synthetic default and the 4 mm grid of the real OASIS-1 chapter. Prints one line
+per grid.
 
 Example (about a minute on 2 cores; run it alone, torch uses every core)::
 
@@ -19,6 +21,7 @@ import numpy as np
 from brainkit.data.grid import brain_box, mni_grid
 from brainkit.experiments import get_profile
 from brainkit.experiments.speed import step_throughput
+from brainkit.models import OUTPUT_STRIDE
 
 
 def main(argv=None) -> int:
@@ -29,7 +32,7 @@ def main(argv=None) -> int:
     ci = get_profile("ci")
     for mm in (float(v) for v in args.grids.split(",")):
         shape, affine = mni_grid(mm)
-        box = brain_box(shape, affine)
+        box = brain_box(shape, affine, stride=OUTPUT_STRIDE)
         kept = np.prod([b - a for a, b in box]) / np.prod(shape)
         ms = {}
         for name, crop in (("whole", None), ("brain box", "brain")):

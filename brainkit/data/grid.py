@@ -18,7 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["BRAIN_BOX_MARGIN_MM", "brain_box", "mni_grid", "OPENBHB_SHAPE", "OPENBHB_AFFINE"]
+__all__ = ["BRAIN_BOX_MARGIN_MM", "NotInMNISpace", "brain_box", "mni_grid", "OPENBHB_SHAPE",
+           "OPENBHB_AFFINE"]
 
 #: Margin around the MNI152 brain mask's box (mm) kept by :func:`brain_box`: registration is
 #: never exact (on the 221 real OASIS-1 images at 4 mm, the mean image keeps 99.9 % of its
@@ -69,7 +70,11 @@ def resample_kwargs() -> dict:
     return {k: True for k in ("force_resample", "copy_header") if k in params}
 
 
-def brain_box(shape, affine, margin_mm: float = BRAIN_BOX_MARGIN_MM
+class NotInMNISpace(ValueError):
+    """The MNI152 brain mask does not fall on a grid (its images are not in MNI space)."""
+
+
+def brain_box(shape, affine, margin_mm: float = BRAIN_BOX_MARGIN_MM, *, stride: int | None = None
               ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """The voxel box of the MNI152 brain mask on a grid, widened by a margin.
 
@@ -81,17 +86,27 @@ def brain_box(shape, affine, margin_mm: float = BRAIN_BOX_MARGIN_MM
         The grid's voxel-to-MNI affine.
     margin_mm : float, default :data:`BRAIN_BOX_MARGIN_MM`
         Kept on each side, rounded up to whole voxels, clipped to the grid.
+    stride : int, optional
+        The network's total downsampling (:data:`brainkit.models.resnet.OUTPUT_STRIDE`, 32 for
+        the ResNets). Each axis of the box is then widened, one voxel at a time on alternate
+        sides and within the grid, until it gives the last feature map as many positions as
+        the whole axis does: ``ceil(length / stride) == ceil(n / stride)``. ``None``: nothing
+        is widened.
 
     Returns
     -------
     tuple of 3 (start, stop) pairs
         ``images[:, x0:x1, y0:y1, z0:z1]`` holds the brain. On the 6 mm grid (31 x 37 x 31):
-        ``((2, 29), (3, 35), (0, 27))``, 66 % of the voxels (the bare mask's box: 55 %).
+        ``((2, 29), (3, 35), (0, 27))``, 66 % of the voxels (the bare mask's box: 55 %); with
+        ``stride=32``: ``((2, 29), (2, 35), (0, 27))``, 68 %, whose last feature map is the
+        whole image's 1 x 2 x 1 (the narrower box's is 1 x 1 x 1).
 
     Raises
     ------
+    NotInMNISpace
+        A grid the brain mask does not fall on (images not in MNI space); a ValueError.
     ValueError
-        A grid the brain mask does not fall on (images not in MNI space), or a bad margin.
+        A bad shape, affine, margin or stride.
 
     Notes
     -----
@@ -107,7 +122,26 @@ def brain_box(shape, affine, margin_mm: float = BRAIN_BOX_MARGIN_MM
     margin_mm = float(margin_mm)
     if not (math.isfinite(margin_mm) and margin_mm >= 0):
         raise ValueError(f"margin_mm must be >= 0 mm, got {margin_mm!r}")
-    return _brain_box(shape, tuple(map(float, affine.ravel())), margin_mm)
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer))
+                               or stride < 1):
+        raise ValueError(f"stride must be None or a positive int, got {stride!r}")
+    box = _brain_box(shape, tuple(map(float, affine.ravel())), margin_mm)
+    if stride is None:
+        return box
+    return tuple(_widen(start, stop, n, int(stride)) for (start, stop), n in zip(box, shape))
+
+
+def _widen(start: int, stop: int, n: int, stride: int) -> tuple[int, int]:
+    """Widen ``[start, stop)`` within ``[0, n)`` until ``ceil(length / stride)`` is
+    ``ceil(n / stride)``: a voxel before, then one after, and so on."""
+    before = True
+    while -(-(stop - start) // stride) < -(-n // stride):
+        if (before and start > 0) or stop >= n:
+            start -= 1
+        else:
+            stop += 1
+        before = not before
+    return start, stop
 
 
 @lru_cache(maxsize=None)
@@ -125,7 +159,7 @@ def _brain_box(shape, affine_flat, margin_mm):
     except ValueError:       # nilearn: "the field of view ... does not contain any of the data"
         inside = (np.array([], dtype=int),)
     if inside[0].size == 0:
-        raise ValueError(f"the MNI152 brain mask does not fall on the grid of shape {shape} "
+        raise NotInMNISpace(f"the MNI152 brain mask does not fall on the grid of shape {shape} "
                          f"with affine {affine.tolist()}: images not in MNI space cannot be "
                          "cropped to the brain (build the model with input_box=None)")
     voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))

@@ -56,7 +56,10 @@ def train_config(cohort, loss: str, train_idx, *, profile: Profile, seed: int) -
         return baseline_config(cohort, train_idx)
     train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
     ages = cohort.table["age"].to_numpy()[train_idx]
-    config = profile.train_config(loss, ages=ages, seed=seed)
+    # "brain" becomes the box on the cohort's grid: the key says what the network sees, so a
+    # run cropped to another box (an older brainkit's narrower one) is never reused
+    config = profile.train_config(loss, ages=ages, seed=seed).for_grid(cohort.grid_shape,
+                                                                       cohort.affine)
     return {
         "kind": "train",
         "loss": loss,

@@ -111,16 +111,21 @@ n_views, augmentation :
     real_grid_mm : float
         Grid the book imports real NIfTI images to (the OASIS-1 chapter).
     input_box : {"brain", None}
-        ``"brain"``: the models crop their input to the MNI152 brain mask's box on the images'
-        grid (:func:`brainkit.data.grid.brain_box`, resolved when a run starts and saved with
-        the model). On the 6 mm grid the brain's box is 66 % of the image, and a ci training
-        step takes 25 ms instead of 37 (46 x 55 x 46 at 4 mm: 63 instead of 83 ms;
-        ``python benchmarks/bench_input_box.py``). ``None``: the whole image, as the paper,
-        and ``ci`` since the crop cost accuracy. Merged pool, held-out healthy MAE over the
-        1085 test images, seeds 0 / 1 / 2 / 3, cropped then whole: exp 6.48 / 5.68 / 6.53 /
-        6.57 then 5.52 / 5.38 / 5.54 / 5.59; L1 6.84 / 7.60 / 6.96 / 8.36 then 6.58 / 7.35 /
-        6.42 / 6.79 (the voxel ridge: 7.18). The cropped network's last feature map is
-        1 x 1 x 1 (whole: 1 x 2 x 1); why it learns worse is not known.
+        ``"brain"`` (``ci``): the models crop their input to the MNI152 brain mask's box on the
+        images' grid, widened so that the network's last feature map keeps the whole image's
+        shape (:func:`brainkit.models.brain_input_box`; the whole image outside MNI space),
+        resolved in the run's key and saved with the model. On the 6 mm grid that box is
+        27 x 33 x 27 of 31 x 37 x 31 (last map 1 x 2 x 1, as the whole image); at 4 mm
+        40 x 49 x 41 of 46 x 55 x 46 (2 x 2 x 2). ``None``: the whole image, as the paper.
+        Merged pool, held-out healthy MAE over the 1085 test images, seeds 0 / 1 / 2 / 3,
+        whole image then this box (one machine, 2026-12-03): exp 6.37 / 5.10 / 5.42 / 5.66
+        then 5.63 / 5.33 / 5.17 / 5.26; L1 6.46 / 7.71 / 6.22 / 7.06 then 6.42 / 6.35 /
+        6.85 / 6.72 (the voxel ridge: 7.18); a run took 25-39 s whole and 20-27 s cropped.
+        ADNI-like 5-fold ``cross_validate``, seeds 0 / 1 / 2, cropped: exp 3.46 / 3.91 /
+        3.48, L1 3.74 / 3.54 / 3.43 (whole, another machine: exp 3.54 / 3.60 / 3.71, L1
+        3.36 / 3.60 / 3.54). The unwidened box of session 6
+        (27 x 32 x 27, last map 1 x 1 x 1) learnt worse on every seed (exp 6.32, L1 7.44
+        mean on the merged pool).
     device : str
         ``"auto"`` picks CUDA when available.
     """
@@ -307,9 +312,9 @@ n_views, augmentation :
                   "in_channels": 1, "head_dims": tuple(self.head_dims)}
         if self.input_box is not None:
             if grid is not None:
-                from ..data.grid import brain_box
+                from ..models import brain_input_box
 
-                config["input_box"] = brain_box(*grid)
+                config["input_box"] = brain_input_box(*grid)
             else:
                 config["input_box"] = self.input_box
         return config
@@ -333,7 +338,7 @@ PROFILES: dict[str, Profile] = {
         losses=("l1", "yaware", "threshold", "exp"), core_losses=("l1", "exp"),
         finetune_losses=("l1", "exp"), seeds=(0, 1, 2), single_seeds=1,
         loss_settings={"l1": {"lr": 3e-3, "min_steps": None}}, min_steps=25,
-        real_grid_mm=4.0,
+        real_grid_mm=4.0, input_box="brain",
     ),
     "workstation": Profile(
         name="workstation", grid_mm=1.5, depth=18, widths=(64, 128, 256, 512),

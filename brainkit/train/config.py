@@ -228,17 +228,20 @@ class TrainConfig:
 
     def for_grid(self, shape, affine) -> TrainConfig:
         """This configuration on a grid: ``model["input_box"] == "brain"`` becomes the brain's
-        voxel box there (:func:`brainkit.data.grid.brain_box`); otherwise ``self``.
+        voxel box there (:func:`brainkit.models.brain_input_box`: widened so that the encoder's
+        last feature map keeps the whole image's shape; ``None``, the whole image, on a grid
+        outside MNI space); otherwise ``self``.
 
-        A profile asks for ``"brain"`` (the key of a run stays grid-free); the run's own
-        ``config.json`` records the box, so :func:`brainkit.train.load_model` rebuilds the
-        same crop.
+        A profile asks for ``"brain"``; a run's store key
+        (:func:`brainkit.experiments.pipeline.train_config`) and its own ``config.json``
+        record the box, so :func:`brainkit.train.load_model` rebuilds the same crop.
         """
         if self.model.get("input_box") != "brain":
             return self
-        from brainkit.data.grid import brain_box
+        from brainkit.models import brain_input_box
 
-        box = [list(pair) for pair in brain_box(shape, affine)]
+        box = brain_input_box(shape, affine)
+        box = None if box is None else [list(pair) for pair in box]
         return self.replace(model={**_thaw(self.model), "input_box": box})
 
     # ------------------------------------------------------------------ builders

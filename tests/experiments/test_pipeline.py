@@ -183,9 +183,10 @@ def test_brainkit_train_and_the_book_train_the_same_run(tmp_path, loss, one_thre
 
 
 def test_a_profile_that_crops_to_the_brain_saves_the_box_with_the_model(tmp_path, one_thread):
-    """``input_box="brain"`` stays grid-free in the run's key and becomes the 6 mm brain box
-    when the run starts; the saved model crops alike, and a resumed run finds the same
-    settings."""
+    """``input_box="brain"`` becomes the 6 mm brain box, widened to keep the whole image's
+    last feature map, in the run's store key and when the run starts; the saved model crops
+    alike, and a resumed run finds the same settings."""
+    from brainkit.experiments.pipeline import train_config
     from brainkit.train import embed, load_model, read_run_config, train_run
 
     profile = TINY.replace(epochs=1, input_box="brain")
@@ -194,9 +195,11 @@ def test_a_profile_that_crops_to_the_brain_saves_the_box_with_the_model(tmp_path
     assert config.model["input_box"] == "brain"
     with pytest.raises(ValueError, match="resolve it on the images' grid"):
         config.build_model()
-    box = ((2, 29), (3, 35), (0, 27))
+    box = ((2, 29), (2, 35), (0, 27))
     assert profile.model_config("contrastive", grid=(cohort.grid_shape, cohort.affine))[
         "input_box"] == box
+    key = train_config(cohort, "exp", np.arange(len(cohort)), profile=profile, seed=0)
+    assert key["config"]["model"]["input_box"] == [list(p) for p in box]
     result = train_run(cohort, config, out_dir=tmp_path / "run", device="cpu")
     assert result.model.encoder.input_box == box
     saved = read_run_config(tmp_path / "run")
