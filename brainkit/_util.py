@@ -15,15 +15,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 try:  # POSIX; elsewhere FolderLock does nothing (documented)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["atomic_path", "SignalFlag", "FolderLock", "LOCK_NAME"]
+__all__ = ["atomic_path", "check_int", "SignalFlag", "FolderLock", "LOCK_NAME"]
 
 #: File name of a folder's lock (see :class:`FolderLock`).
 LOCK_NAME = ".brainkit.lock"
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an ``int`` (numpy integers too) if it is one and ``>= minimum``, else a
+    ValueError naming ``name``. Shared by :class:`~brainkit.train.TrainConfig`,
+    :func:`~brainkit.train.fit` and :func:`~brainkit.data.grid.brain_box`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def usable_cores() -> int:

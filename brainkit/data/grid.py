@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._util import check_int
+
 __all__ = ["BRAIN_BOX_MARGIN_MM", "NotInMNISpace", "brain_box", "mni_grid", "OPENBHB_SHAPE",
            "OPENBHB_AFFINE"]
 
@@ -122,13 +124,11 @@ def brain_box(shape, affine, margin_mm: float = BRAIN_BOX_MARGIN_MM, *, stride: 
     margin_mm = float(margin_mm)
     if not (math.isfinite(margin_mm) and margin_mm >= 0):
         raise ValueError(f"margin_mm must be >= 0 mm, got {margin_mm!r}")
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer))
-                               or stride < 1):
-        raise ValueError(f"stride must be None or a positive int, got {stride!r}")
+    stride = None if stride is None else check_int("stride", stride, 1)
     box = _brain_box(shape, tuple(map(float, affine.ravel())), margin_mm)
     if stride is None:
         return box
-    return tuple(_widen(start, stop, n, int(stride)) for (start, stop), n in zip(box, shape))
+    return tuple(_widen(start, stop, n, stride) for (start, stop), n in zip(box, shape))
 
 
 def _widen(start: int, stop: int, n: int, stride: int) -> tuple[int, int]:

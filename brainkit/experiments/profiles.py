@@ -123,9 +123,8 @@ n_views, augmentation :
         6.85 / 6.72 (the voxel ridge: 7.18); a run took 25-39 s whole and 20-27 s cropped.
         ADNI-like 5-fold ``cross_validate``, seeds 0 / 1 / 2, cropped: exp 3.46 / 3.91 /
         3.48, L1 3.74 / 3.54 / 3.43 (whole, another machine: exp 3.54 / 3.60 / 3.71, L1
-        3.36 / 3.60 / 3.54). The unwidened box of session 6
-        (27 x 32 x 27, last map 1 x 1 x 1) learnt worse on every seed (exp 6.32, L1 7.44
-        mean on the merged pool).
+        3.36 / 3.60 / 3.54). The unwidened box of session 6 (27 x 32 x 27, last map
+        1 x 1 x 1) learnt worse on every seed (exp 6.32, L1 7.44 mean on the merged pool).
     device : str
         ``"auto"`` picks CUDA when available.
     """

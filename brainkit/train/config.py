@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .._util import check_int
+
 __all__ = ["TrainConfig", "LR_SCHEDULES", "AUGMENTATIONS"]
 
 #: Learning-rate schedules (see :func:`brainkit.train.loop.lr_factor`).
@@ -70,14 +72,6 @@ def _thaw(value):
     if isinstance(value, (list, tuple)):
         return [_thaw(v) for v in value]
     return value
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an ``int`` (numpy integers too) if it is one and ``>= minimum``, else a
-    ValueError naming ``name``. Shared by :class:`TrainConfig` and :func:`~brainkit.train.fit`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_float(name: str, value, *, positive: bool = False,
@@ -240,9 +234,8 @@ class TrainConfig:
             return self
         from brainkit.models import brain_input_box
 
-        box = brain_input_box(shape, affine)
-        box = None if box is None else [list(pair) for pair in box]
-        return self.replace(model={**_thaw(self.model), "input_box": box})
+        return self.replace(model={**_thaw(self.model),
+                                   "input_box": brain_input_box(shape, affine)})
 
     # ------------------------------------------------------------------ builders
     def build_model(self):
