@@ -5,8 +5,11 @@ Runs ``jupyter-book build book`` exactly as ``make book`` does (``--warningiserr
 (``BRAINKIT_STORE``), so nothing the checkout already holds is reused or changed. The first
 build trains every run the chapters need; the second (``--warm``) finds them all in the store
 and only re-executes the chapters. Prints the wall time of each build and each chapter's
-execution time (myst-nb's own figure), and with ``--json`` writes them as a benchmark report
-(see :func:`brainkit.experiments.speed.benchmark_reports`).
+execution time (myst-nb's own figure), and, under each chapter, the work it did: every trained
+run, fine-tuning, probe and example the chapter's progress lines report (``BRAINKIT_PROGRESS``),
+counted and summed by kind (:func:`work_by_chapter`). Runs trained side by side overlap, so a
+chapter's summed run seconds can exceed its execution time. With ``--json`` writes them as a
+benchmark report (see :func:`brainkit.experiments.speed.benchmark_reports`).
 
 Examples
 --------
@@ -37,6 +40,41 @@ from brainkit.experiments.speed import report_header
 ROOT = Path(__file__).resolve().parents[1]
 # myst-nb logs "<source>: Executed notebook in 12.34 seconds" for each executed chapter.
 EXECUTED = re.compile(r"(\S+?)(?:\.md|\.ipynb)?:\s+Executed notebook in ([0-9.]+) seconds")
+# ... and "<source>: Executing notebook ..." before it runs the chapter's cells.
+EXECUTING = re.compile(r"^(\S+?)(?:\.md|\.ipynb)?:\s+Executing notebook")
+# brainkit's progress lines: "[brainkit 13:42:54] train l1, 401 images, seed 0: done in 33 s".
+DONE = re.compile(r"^\[brainkit [0-9:]+\] (.+?): done in ([0-9.]+) s")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def work_by_chapter(log: str) -> dict:
+    """What each chapter of a build log trained or fitted, from brainkit's progress lines.
+
+    A finished piece of work (``[brainkit ...] <what>, <details>: done in <s> s``) counts for
+    the chapter whose "Executing notebook" line came last before it; its kind is ``<what>``
+    (e.g. ``"train l1"``, ``"finetune"``, ``"probe openbhb_challenge"``).
+
+    Returns
+    -------
+    dict
+        ``{chapter: {kind: {"n": count, "seconds": summed seconds}}}``, chapters and kinds in
+        the order they first appear.
+    """
+    work: dict = {}
+    chapter = None
+    for line in log.splitlines():
+        line = _ANSI.sub("", line).strip()
+        started = EXECUTING.match(line)
+        if started:
+            chapter = Path(started.group(1)).stem
+            continue
+        done = DONE.match(line)
+        if done and chapter is not None:
+            kind = done.group(1).split(",")[0].strip()
+            entry = work.setdefault(chapter, {}).setdefault(kind, {"n": 0, "seconds": 0.0})
+            entry["n"] += 1
+            entry["seconds"] += float(done.group(2))
+    return work
 
 
 def jupyter_book() -> str:
@@ -50,17 +88,19 @@ def jupyter_book() -> str:
 
 def build(out: Path, store: Path, log: Path) -> dict:
     """One build; returns its wall time, exit code and per-chapter execution times."""
-    env = {**os.environ, "BRAINKIT_STORE": str(store)}
+    env = {"BRAINKIT_PROGRESS": "1", **os.environ, "BRAINKIT_STORE": str(store)}
     cmd = [jupyter_book(), "build", str(ROOT / "book"), "--path-output", str(out),
            "--warningiserror", "--nitpick", "--keep-going"]
     start = time.perf_counter()
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - start
+    text = log.read_text(errors="replace")
     chapters = {}
-    for source, seconds in EXECUTED.findall(log.read_text(errors="replace")):
+    for source, seconds in EXECUTED.findall(text):
         chapters[Path(source).stem] = float(seconds)
-    return {"wall_s": wall, "returncode": rc, "chapters": chapters, "log": str(log)}
+    return {"wall_s": wall, "returncode": rc, "chapters": chapters,
+            "work": work_by_chapter(text), "log": str(log)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"FAILED (exit {result['returncode']}; log {result['log']})"
             print(f"  {result['wall_s']:.0f} s, {status}", flush=True)
             for chapter, seconds in result["chapters"].items():
-                print(f"    {chapter:<16} {seconds:7.1f} s", flush=True)
+                work = ", ".join(f"{kind} x{w['n']} {w['seconds']:.0f} s" for kind, w
+                                 in result["work"].get(chapter, {}).items())
+                print(f"    {chapter:<16} {seconds:7.1f} s" + (f"  ({work})" if work else ""),
+                      flush=True)
             if result["returncode"] != 0:
                 if not args.keep:
                     print((root / f"build-{i}.log").read_text(errors="replace")[-4000:])

@@ -34,6 +34,12 @@ class Profile:
 n_views, augmentation :
         training protocol (see :func:`brainkit.train.fit`); the warm-up is capped at
         ``epochs - 1``, so a profile shortened with ``replace(epochs=...)`` still trains.
+        ``ci``: 20 epochs. 16 would cut about a fifth of the cold book's training, but
+        measured (one machine, 2026-12-03) it costs the exp model: merged pool, held-out
+        healthy MAE, seeds 0-3, exp 5.55 / 5.32 / 5.93 / 5.85 (mean 5.66; 20 epochs: 5.35),
+        L1 6.68 / 6.50 / 6.49 / 6.83 (6.63; 20: 6.58); real OASIS-1 5-fold, seed 0, exp 7.91
+        (20: 7.44), L1 6.49 (20: 6.90) but its AUC 0.70 (20: 0.76); ADNI-like 5-fold, seeds
+        0-2, exp 3.54 (20: 3.61), L1 3.54 (20: 3.57).
     min_steps, min_batch_size : int or None, int
         When ``min_steps`` is set, a run on few images takes smaller batches, so that an
         epoch still has about ``min_steps`` optimiser steps: ``n_images // min_steps``

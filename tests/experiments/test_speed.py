@@ -239,3 +239,25 @@ def test_bench_end_to_end_writes_a_readable_report(tmp_path, monkeypatch, capsys
     assert table["setting"].str.startswith("6 mm 31x37x31, ResNet-18 widths 4,4,8,8, batch 4").all()
     ratios = table[table["unit"] == "ratio"]
     assert len(ratios) == 3 and (ratios["value"] > 0).all()
+
+
+def test_bench_book_counts_each_chapters_work_from_the_progress_lines():
+    bench = _script("bench_book")
+    log = "\n".join([
+        "Running Jupyter-Book",
+        "[brainkit 13:40:00] train l1, 10 images, seed 0: done in 3 s",   # before any chapter
+        "/book/chapters/data.md: Executing notebook using local CWD [mystnb]",
+        "[brainkit 13:42:54] train l1, 401 images, seed 0 ...",
+        "[brainkit 13:43:28] train l1, 401 images, seed 0: done in 33 s",
+        "\x1b[01m[brainkit 13:43:29] train l1, 401 images, seed 1: done in 29 s\x1b[39;49;00m",
+        "[brainkit 13:44:00] probe openbhb_challenge, 170 images: done in 2 s",
+        "/book/chapters/data.md: Executed notebook in 50.10 seconds [mystnb]",
+        "/book/chapters/predict.md: Executing notebook using local CWD [mystnb]",
+        "[brainkit 13:55:11] example l1, seed 0: done in 37 s",
+    ])
+    work = bench.work_by_chapter(log)
+    assert work == {
+        "data": {"train l1": {"n": 2, "seconds": 62.0},
+                 "probe openbhb_challenge": {"n": 1, "seconds": 2.0}},
+        "predict": {"example l1": {"n": 1, "seconds": 37.0}}}
+    assert bench.work_by_chapter("no progress lines here") == {}
