@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from brainkit.data.splits import subject_kfold
 from brainkit.data.synthetic import make_cohort
+from brainkit.eval import mae
 from brainkit.experiments import ResultsStore, cross_validate, get_profile, train_encoder
 from brainkit.experiments.pipeline import run_predictions
 
@@ -35,16 +35,16 @@ def fit_gap(cohort, loss: str, *, profile, seed: int, store: ResultsStore) -> di
     start = time.perf_counter()
     table = cross_validate(cohort, loss, folds=5, profile=profile, seed=seed, store=store)
     seconds = time.perf_counter() - start
-    age = cohort.table["age"].to_numpy(dtype=float)
-    hc = np.flatnonzero(cohort.table["diagnosis"].to_numpy() == "HC")
-    train_mae = []
-    for train, _ in subject_kfold(cohort.table, 5, seed=seed, indices=hc):   # the CV's folds
-        run = train_encoder(cohort, loss, train, profile=profile, seed=seed, store=store)
-        train_mae.append(np.mean(np.abs(run_predictions(run, cohort, train)[train] - age[train])))
     healthy = table[table["diagnosis"] == "HC"]
-    return {"held_out": float(np.mean(np.abs(healthy["age_pred"] - healthy["age"]))),
+    age = table["age"].to_numpy(dtype=float)
+    train_mae = []
+    for k in np.unique(healthy["fold"]):        # the CV's own folds: train on the other folds
+        train = np.flatnonzero((table["diagnosis"] == "HC").to_numpy() & (table["fold"] != k))
+        run = train_encoder(cohort, loss, train, profile=profile, seed=seed, store=store)
+        train_mae.append(mae(age[train], run_predictions(run, cohort, train)[train]))
+    return {"held_out": mae(healthy["age"], healthy["age_pred"]),
             "train": float(np.mean(train_mae)),
-            "mean_age": float(np.mean(np.abs(healthy["age"] - healthy["age"].mean()))),
+            "mean_age": mae(healthy["age"], np.full(len(healthy), healthy["age"].mean())),
             "n_hc": len(healthy), "seconds": seconds}
 
 
