@@ -41,6 +41,7 @@ __all__ = [
     "BasicBlock",
     "brain_input_box",
     "ResNet3d",
+    "StemConv3d",
     "norm_layer",
     "resnet3d",
     "resnet10",
@@ -189,6 +190,54 @@ def check_input_box(box) -> tuple[tuple[int, int], tuple[int, int], tuple[int, i
     return pairs
 
 
+class StemConv3d(nn.Conv3d):
+    """The stem's stride-2 convolution; on the CPU computed as a stride-1 convolution over the
+    input's eight 2 x 2 x 2 phases.
+
+    The same parameters and the same function as :class:`torch.nn.Conv3d` (same
+    ``state_dict``, outputs equal to float rounding): the zero-padded input is split into its
+    eight voxel phases (even / odd index along each axis) as channels, and the kernel, padded
+    to an even size, into the matching eight sub-kernels of half its size, so that ``conv(x, w,
+    stride=2) == conv(phases(x), phases(w), stride=1)``. With one input channel and a 7^3
+    kernel, oneDNN runs the eight-channel form about twice as fast on the CPU: forward and
+    backward of the ``ci`` stem (batch 16, 27 x 33 x 27 voxels, 8 channels, one thread) take
+    19 instead of 35 ms, about a fifth of a training step. Its output is channels-last
+    (oneDNN's layout, which the next layers then keep). Other devices (cuDNN) and other
+    settings (stride, dilation, groups, padding mode) use :class:`torch.nn.Conv3d` as is.
+    """
+
+    def _phased(self) -> bool:
+        return (self.stride == (2, 2, 2) and self.dilation == (1, 1, 1) and self.groups == 1
+                and self.padding_mode == "zeros" and isinstance(self.padding, tuple))
+
+    def _conv_forward(self, input, weight, bias):
+        if input.device.type != "cpu" or input.dim() != 5 or not self._phased():
+            return super()._conv_forward(input, weight, bias)
+        b, c = input.shape[:2]
+        out = [(n + 2 * p - k) // 2 + 1 for n, p, k in
+               zip(input.shape[2:], self.padding, self.kernel_size)]
+        # zero-pad (the right side to an even length), then voxel phases become channels
+        pad = []
+        for n, p in reversed(list(zip(input.shape[2:], self.padding))):
+            pad += [p, p + (n + 2 * p) % 2]
+        x = nn.functional.pad(input, pad)
+        half = [n // 2 for n in x.shape[2:]]
+        x = x.reshape(b, c, half[0], 2, half[1], 2, half[2], 2) \
+            .permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 8, *half)
+        o = weight.shape[0]
+        kpad = []
+        for k in reversed(self.kernel_size):
+            kpad += [0, k % 2]
+        w = nn.functional.pad(weight, kpad)
+        kh = [k // 2 for k in w.shape[2:]]
+        w = w.reshape(o, c, kh[0], 2, kh[1], 2, kh[2], 2) \
+            .permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(o, c * 8, *kh)
+        cl = torch.channels_last_3d      # oneDNN's layout: 19 ms where contiguous takes 27
+        y = nn.functional.conv3d(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl),
+                                 bias)
+        return y[:, :, :out[0], :out[1], :out[2]]
+
+
 class ResNet3d(nn.Module):
     """3D ResNet encoder: stem, four stages of basic blocks, global average pooling.
 
@@ -249,8 +298,8 @@ class ResNet3d(nn.Module):
         self.input_box = check_input_box(input_box)
         self.out_features = widths[-1]
 
-        self.conv1 = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3,
-                               bias=False)
+        self.conv1 = StemConv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3,
+                                bias=False)
         self.bn1 = norm_layer(norm, widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)

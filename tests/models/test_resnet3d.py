@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from brainkit.models import NORMS, RESNET_LAYERS, BasicBlock, ResNet3d, resnet3d
+from brainkit.models import NORMS, RESNET_LAYERS, BasicBlock, ResNet3d, StemConv3d, resnet3d
 
 NARROW = (8, 16, 32, 64)
 NORM_TYPES = {"batch": nn.BatchNorm3d, "instance": nn.InstanceNorm3d, "group": nn.GroupNorm}
@@ -251,3 +251,43 @@ def test_input_box_refuses_an_input_that_does_not_reach_it():
     with pytest.raises(ValueError, match=r"reaching at least \(29, 35, 27\), got shape "
                                          r"\(1, 1, 28, 37, 31\)"):
         enc(torch.zeros(1, 1, 28, 37, 31))
+
+
+@pytest.mark.parametrize("shape", [(27, 33, 27), (8, 9, 10), (5, 5, 6)])
+@pytest.mark.parametrize("kernel, padding", [(7, 3), (3, 1), (4, 0), (1, 0)])
+@pytest.mark.parametrize("in_channels", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stem_phases_compute_the_strided_convolution(shape, kernel, padding, in_channels,
+                                                     channels_last):
+    """StemConv3d's CPU form (a stride-1 convolution over the eight voxel phases) against
+    conv3d(stride=2) written out by torch, in float64: outputs and both gradients, for odd and
+    even sizes and kernels."""
+    torch.manual_seed(0)
+    stem = StemConv3d(in_channels, 4, kernel_size=kernel, stride=2, padding=padding,
+                      bias=True).double()
+    x = torch.randn(2, in_channels, *shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    out = stem(x)
+    ref = nn.functional.conv3d(x, stem.weight, stem.bias, stride=2, padding=padding)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad((out * g).sum(), [x, stem.weight, stem.bias])
+    want = torch.autograd.grad((ref * g).sum(), [x, stem.weight, stem.bias])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_stem_falls_back_to_conv3d_outside_its_case():
+    """Stride 1 (or dilation, groups): plain Conv3d; the stem of every encoder is a
+    StemConv3d holding the paper's parameters."""
+    torch.manual_seed(0)
+    conv = StemConv3d(1, 4, kernel_size=3, stride=1, padding=1).double()
+    x = torch.randn(1, 1, 6, 7, 8, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), nn.functional.conv3d(x, conv.weight, conv.bias,
+                                                             padding=1))
+    enc = resnet3d(18, widths=NARROW)
+    assert type(enc.conv1) is StemConv3d and enc.conv1.weight.shape == (8, 1, 7, 7, 7)
+    assert set(enc.conv1.state_dict()) == {"weight"}

@@ -39,7 +39,13 @@ def _model(kind: str, age: np.ndarray | None = None, **kw):
 def test_training_lowers_the_loss_and_learns_age(loss, toy_cohort, tmp_path):
     """Planted effect: the ball's radius encodes age. Three epochs must (a) lower the loss,
     (b) make a ridge probe on held-out embeddings beat both the untrained network and the
-    mean-age predictor."""
+    mean-age predictor.
+
+    Not (b)'s first half for exp: its probe after three epochs depends on float rounding, not
+    on the loss. Scaling the initial weights by 1 + 1e-6 noise (five draws) gave held-out
+    probe MAEs of 6.1-8.5 years against the untrained network's 7.9 (y-aware: 4.9-6.0), so
+    the test asserted a coin flip; exp's learning is tested at scale by
+    ``tests/experiments/test_pipeline.py`` (a ci exp model against the voxel ridge)."""
     age = toy_cohort.table["age"].to_numpy()
     model = _model("regression" if loss == "l1" else "contrastive", age[TRAIN])
     before = _ridge_mae(embed(model, toy_cohort), age)
@@ -50,7 +56,8 @@ def test_training_lowers_the_loss_and_learns_age(loss, toy_cohort, tmp_path):
     assert losses[-1] < losses[0]
     after = _ridge_mae(embed(model, toy_cohort), age)
     mean_predictor = float(np.abs(age[HELD_OUT] - age[TRAIN].mean()).mean())
-    assert after < before
+    if loss != "exp":
+        assert after < before
     assert after < 0.6 * mean_predictor
     if loss == "l1":
         pred = predict_age(model, toy_cohort, HELD_OUT)
@@ -70,13 +77,18 @@ def test_views_without_augmentation_share_one_pass(toy_cohort, tmp_path):
                          out_dir=tmp_path / name, epochs=2, batch_size=16, lr=1e-3,
                          augmentation="none", n_views=2, progress=False)
     shared, full = (runs[k] for k in ("shared", "full"))
-    # float32 summation order differs, and Adam amplifies it in near-zero gradients
+    # float32 summation order differs, and Adam amplifies it in near-zero gradients (a weight
+    # whose gradient is noise can move a whole step, lr, either way), so compare the two
+    # trajectories' end points against how far training moved the weights: measured 0.2 %
+    # (contiguous) and 0.4 % (channels-last) apart; a wrong shared pass is O(1) apart.
     np.testing.assert_allclose(shared.metrics["loss"], full.metrics["loss"], rtol=1e-3)
-    full_weights = full.model.state_dict()
-    for name, a in shared.model.state_dict().items():   # running stats: n / (n - 1) apart
-        if a.dtype.is_floating_point and "running" not in name:
-            b = full_weights[name]
-            assert (a - b).abs().max() <= 2e-3 * b.abs().max() + 1e-4, name  # Adam step 1e-3
+    init, end, other = (m.state_dict() for m in (_model("contrastive"), full.model,
+                                                   shared.model))
+    names = [k for k, a in end.items()   # running stats: n / (n - 1) apart
+             if a.dtype.is_floating_point and "running" not in k]
+    apart = sum(float(((other[k] - end[k]) ** 2).sum()) for k in names) ** 0.5
+    moved = sum(float(((end[k] - init[k]) ** 2).sum()) for k in names) ** 0.5
+    assert apart <= 0.02 * moved, (apart, moved)
     # volumes through the model: one per image when shared, two when not
     ratio = shared.metrics["volumes_per_s"] * shared.metrics["seconds"] \
         / (full.metrics["volumes_per_s"] * full.metrics["seconds"])
