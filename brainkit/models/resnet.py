@@ -4,7 +4,8 @@ The architecture is the one the paper and its released code use ("3D ResNet-18, 
 parameters"; EIDOSLAB/contrastive-brain-age-prediction ``src/models/resnet3d.py``):
 
 - stem: ``Conv3d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)``, norm, ReLU,
-  ``MaxPool3d(3, stride=2, padding=1)``;
+  ``MaxPool3d(3, stride=2, padding=1)`` (the convolution is a :class:`StemConv3d`: the same
+  parameters and function, computed over the input's voxel phases on the CPU, twice as fast);
 - four stages of :class:`BasicBlock` (two 3x3x3 convolutions without bias, each followed by a
   norm layer), the first stage at stride 1 and the next three at stride 2; a block whose stride
   or width changes gets a ``Conv3d(1x1x1, bias=False)`` + norm shortcut;
