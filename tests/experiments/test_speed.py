@@ -59,6 +59,32 @@ def test_machine_describes_this_process():
     if not torch.cuda.is_available():
         assert m["gpu"] == "none" and m["gpu_memory_gib"] is None
     assert m["cpu"]
+    assert m["cpu_capability"] is None or isinstance(m["cpu_capability"], str)
+    assert m["cpu_bf16"] in (None, True, False)
+
+
+def test_cpu_details_tell_cpus_with_one_model_name_apart(tmp_path):
+    """Cloud CPUs all say "AMD EPYC": the family / model and native bf16 come from cpuinfo
+    (the first processor's block), and a report's machine line shows them."""
+    from brainkit.experiments.speed import _cpu_details
+
+    block = ("processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: {fam}\n"
+             "model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 {extra}\n\n")
+    info = tmp_path / "cpuinfo"
+    info.write_text(block.format(i=0, fam=25, model=17, extra="avx512f avx512_bf16")
+                    + block.format(i=1, fam=23, model=49, extra=""))
+    assert _cpu_details(str(info)) == {"cpu_id": "family 25 model 17", "cpu_bf16": True}
+    info.write_text(block.format(i=0, fam=23, model=49, extra=""))
+    assert _cpu_details(str(info)) == {"cpu_id": "family 23 model 49", "cpu_bf16": False}
+    assert _cpu_details(str(tmp_path / "absent")) == {"cpu_id": None, "cpu_bf16": None}
+    report = {"command": "python x.py", "figures": [{"figure": "f", "value": 1, "unit": "s"}],
+              "machine": {"cpu": "AMD EPYC", "cpu_id": "family 23 model 49",
+                          "cpu_capability": "AVX2", "cores": 2, "memory_gib": 23.5,
+                          "gpu": "none", "torch": "2.13.0"}}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    table = benchmark_reports(tmp_path)
+    assert table["machine"].iloc[0] == ("AMD EPYC (family 23 model 49, AVX2), 2 cores, "
+                                        "23.5 GiB; torch 2.13.0")
 
 
 def test_report_header_names_the_command_relative_to_the_working_directory(monkeypatch):
