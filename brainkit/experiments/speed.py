@@ -99,15 +99,25 @@ def step_throughput(profile: str | Profile | None = None, *, steps: int = 5, war
 
 
 # --------------------------------------------------------------------------- the machine
-def _cpu_model() -> str:
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict:
+    """The first processor's fields of ``/proc/cpuinfo`` (``{}`` where there is none)."""
+    info: dict = {}
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+def _cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_details(path: str = "/proc/cpuinfo") -> dict:
@@ -117,18 +127,7 @@ def _cpu_details(path: str = "/proc/cpuinfo") -> dict:
     without AVX-512, bf16 autocast ran a ci step ~8x slower than float32, where a host with
     native bf16 ran it faster, so the reports say which kind of CPU measured them.
     """
-    info: dict = {}
-    try:
-        with open(path) as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model", "flags") and key not in info:
-                    info[key] = value.strip()
-                if not line.strip() and info:
-                    break
-    except OSError:
-        pass
+    info = _cpuinfo(path)
     flags = set(info.get("flags", "").split())
     ident = (f"family {info['cpu family']} model {info['model']}"
              if "cpu family" in info and "model" in info else None)

@@ -191,6 +191,14 @@ def check_input_box(box) -> tuple[tuple[int, int], tuple[int, int], tuple[int, i
     return pairs
 
 
+def _phases(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, 2X, 2Y, 2Z) -> (N, 8C, X, Y, Z): each channel's eight 2 x 2 x 2 voxel phases."""
+    n, c = t.shape[:2]
+    x, y, z = (m // 2 for m in t.shape[2:])
+    return t.reshape(n, c, x, 2, y, 2, z, 2).permute(0, 1, 3, 5, 7, 2, 4, 6) \
+        .reshape(n, c * 8, x, y, z)
+
+
 class StemConv3d(nn.Conv3d):
     """The stem's stride-2 convolution; on the CPU computed as a stride-1 convolution over the
     input's eight 2 x 2 x 2 phases.
@@ -214,25 +222,15 @@ class StemConv3d(nn.Conv3d):
     def _conv_forward(self, input, weight, bias):
         if input.device.type != "cpu" or input.dim() != 5 or not self._phased():
             return super()._conv_forward(input, weight, bias)
-        b, c = input.shape[:2]
         out = [(n + 2 * p - k) // 2 + 1 for n, p, k in
                zip(input.shape[2:], self.padding, self.kernel_size)]
-        # zero-pad (the right side to an even length), then voxel phases become channels
-        pad = []
-        for n, p in reversed(list(zip(input.shape[2:], self.padding))):
-            pad += [p, p + (n + 2 * p) % 2]
-        x = nn.functional.pad(input, pad)
-        half = [n // 2 for n in x.shape[2:]]
-        x = x.reshape(b, c, half[0], 2, half[1], 2, half[2], 2) \
-            .permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 8, *half)
-        o = weight.shape[0]
-        kpad = []
-        for k in reversed(self.kernel_size):
-            kpad += [0, k % 2]
-        w = nn.functional.pad(weight, kpad)
-        kh = [k // 2 for k in w.shape[2:]]
-        w = w.reshape(o, c, kh[0], 2, kh[1], 2, kh[2], 2) \
-            .permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(o, c * 8, *kh)
+        # zero-pad the input (its right side to an even length) and the kernel (to an even
+        # size), then the voxel phases of both become channels
+        pad = [v for n, p in reversed(list(zip(input.shape[2:], self.padding)))
+               for v in (p, p + (n + 2 * p) % 2)]
+        x = _phases(nn.functional.pad(input, pad))
+        w = _phases(nn.functional.pad(weight, [v for k in reversed(self.kernel_size)
+                                               for v in (0, k % 2)]))
         cl = torch.channels_last_3d      # oneDNN's layout: 19 ms where contiguous takes 27
         y = nn.functional.conv3d(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl),
                                  bias)
