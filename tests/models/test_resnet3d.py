@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from brainkit.models import NORMS, RESNET_LAYERS, BasicBlock, ResNet3d, StemConv3d, resnet3d
+from brainkit.models import (
+    NORMS,
+    RESNET_LAYERS,
+    BasicBlock,
+    BlockConv3d,
+    ResNet3d,
+    StemConv3d,
+    resnet3d,
+)
 
 NARROW = (8, 16, 32, 64)
 NORM_TYPES = {"batch": nn.BatchNorm3d, "instance": nn.InstanceNorm3d, "group": nn.GroupNorm}
@@ -291,3 +299,54 @@ def test_stem_falls_back_to_conv3d_outside_its_case():
     enc = resnet3d(18, widths=NARROW)
     assert type(enc.conv1) is StemConv3d and enc.conv1.weight.shape == (8, 1, 7, 7, 7)
     assert set(enc.conv1.state_dict()) == {"weight"}
+
+
+@pytest.mark.parametrize("shape", [(9, 10, 11), (5, 5, 6), (3, 2, 2), (1, 2, 1)])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_conv_gradients_are_the_convolutions(shape, kernel, stride, padding,
+                                                   channels_last):
+    """BlockConv3d's CPU backward (the weight gradient as a convolution of the input with the
+    output's gradient, or as one matrix product on maps of at most SMALL_MAP voxels) against
+    torch's conv3d in float64: outputs and both gradients, both branches, odd and even sizes,
+    strides 1 and 2 (9 x 10 x 11 takes the convolution, 3 x 2 x 2 the product)."""
+    torch.manual_seed(0)
+    conv = BlockConv3d(3, 5, kernel_size=kernel, stride=stride, padding=padding,
+                       bias=False).double()
+    x = torch.randn(4, 3, *shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        conv = conv.to(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    out = conv(x)
+    assert out.grad_fn is not None and "ConvWeightGrad" in type(out.grad_fn).__name__
+    ref = nn.functional.conv3d(x, conv.weight, None, stride=stride, padding=padding)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad((out * g).sum(), [x, conv.weight])
+    want = torch.autograd.grad((ref * g).sum(), [x, conv.weight])
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    # the weight-only case (an input that needs no gradient, as a first layer's)
+    (only,) = torch.autograd.grad((conv(x.detach()) * g).sum(), [conv.weight])
+    torch.testing.assert_close(only, want[1], rtol=0, atol=1e-10)
+
+
+def test_block_conv_is_conv3d_where_it_does_not_apply():
+    """Inference, a bias, or a frozen weight: plain Conv3d; every block and shortcut
+    convolution of an encoder is a BlockConv3d with Conv3d's parameters."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, 7)
+    conv = BlockConv3d(3, 4, kernel_size=3, padding=1, bias=False)
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
+    biased = BlockConv3d(3, 4, kernel_size=3, padding=1, bias=True)
+    assert "ConvWeightGrad" not in type(biased(x).grad_fn).__name__
+    conv.weight.requires_grad_(False)
+    assert conv(x).grad_fn is None
+    enc = resnet3d(18, widths=NARROW)
+    convs = [m for m in enc.modules() if isinstance(m, nn.Conv3d)]
+    assert all(type(m) is BlockConv3d for m in convs if m is not enc.conv1)
+    assert len(convs) == 1 + 16 + 3
+    assert all(set(m.state_dict()) == {"weight"} for m in convs)
