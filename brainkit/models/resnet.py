@@ -8,7 +8,9 @@ parameters"; EIDOSLAB/contrastive-brain-age-prediction ``src/models/resnet3d.py`
   parameters and function, computed over the input's voxel phases on the CPU, twice as fast);
 - four stages of :class:`BasicBlock` (two 3x3x3 convolutions without bias, each followed by a
   norm layer), the first stage at stride 1 and the next three at stride 2; a block whose stride
-  or width changes gets a ``Conv3d(1x1x1, bias=False)`` + norm shortcut;
+  or width changes gets a ``Conv3d(1x1x1, bias=False)`` + norm shortcut (these convolutions
+  are :class:`BlockConv3d`: the same parameters and function, with a faster weight gradient
+  on the CPU);
 - global average pooling to a ``(B, widths[-1])`` feature vector.
 
 ``input_box`` (not in the paper) crops the input to a fixed voxel box first, e.g. the brain's
