@@ -10,6 +10,9 @@ Settings
 ``defaults``
     PyTorch defaults: float32 (on CUDA, convolutions use TF32 as PyTorch allows by default),
     contiguous memory, ``cudnn.benchmark`` off, Adam with its default (foreach) kernels.
+    Both settings train brainkit's model, so on the CPU both use the CPU forms of its stem
+    and block convolutions (:class:`~brainkit.models.StemConv3d`,
+    :class:`~brainkit.models.BlockConv3d`).
 ``brainkit``
     What :func:`brainkit.train.fit` uses on the device: on CUDA, bf16 autocast for the forward
     pass (loss in float32), ``channels_last_3d`` model and inputs, ``cudnn.benchmark``, fused
