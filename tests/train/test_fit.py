@@ -80,8 +80,11 @@ def test_views_without_augmentation_share_one_pass(toy_cohort, tmp_path):
     # float32 summation order differs, and Adam amplifies it in near-zero gradients (a weight
     # whose gradient is noise can move a whole step, lr, either way), so compare the two
     # trajectories' end points against how far training moved the weights: measured 0.2 %
-    # (contiguous) and 0.4 % (channels-last) apart; a wrong shared pass is O(1) apart.
-    np.testing.assert_allclose(shared.metrics["loss"], full.metrics["loss"], rtol=1e-3)
+    # (contiguous) and 0.4 % (channels-last) apart; a wrong shared pass is O(1) apart. The
+    # first epoch's mean loss starts from the same weights (measured 1.6e-6 apart); by the
+    # second the trajectories have drifted (0.12 % with BlockConv3d's weight gradients).
+    np.testing.assert_allclose(shared.metrics["loss"][0], full.metrics["loss"][0], rtol=1e-4)
+    np.testing.assert_allclose(shared.metrics["loss"], full.metrics["loss"], rtol=1e-2)
     init, end, other = (m.state_dict() for m in (_model("contrastive"), full.model,
                                                    shared.model))
     names = [k for k, a in end.items()   # running stats: n / (n - 1) apart
