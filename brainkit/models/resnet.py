@@ -204,6 +204,15 @@ def _phases(t: torch.Tensor) -> torch.Tensor:
         .reshape(n, c * 8, x, y, z)
 
 
+def _plain_cpu_conv(conv: nn.Conv3d, input: torch.Tensor) -> bool:
+    """A 5-D CPU input through a convolution without dilation or groups, zero-padded by a
+    tuple (not ``"same"``): the case the CPU forms of :class:`StemConv3d` and
+    :class:`BlockConv3d` are written for."""
+    return (input.device.type == "cpu" and input.dim() == 5 and conv.groups == 1
+            and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple))
+
+
 def _autocast_on() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -278,17 +287,14 @@ class BlockConv3d(nn.Conv3d):
     stage (8 channels, 7 x 9 x 7 voxels, batch 16, one thread) it takes 1.8 ms where the
     same sum written as a convolution of the input with the output's gradient takes 0.8,
     and a 1 x 2 x 1 map of the last stage 1.1 ms where a matrix product takes 0.2; a ``ci``
-    training step takes 52 instead of 60 ms. Used when training on the CPU (gradients
-    enabled, float32 / float64, no autocast) with zero padding, no bias, dilation or groups;
-    otherwise (CUDA, inference) it is :class:`torch.nn.Conv3d`.
+    training step takes 53 instead of 60 ms. Used when training on the CPU (gradients
+    enabled, no autocast) with zero padding, no bias, dilation or groups; otherwise (CUDA,
+    inference, a frozen weight) it is :class:`torch.nn.Conv3d`.
     """
 
     def _conv_forward(self, input, weight, bias):
-        if (bias is None and input.device.type == "cpu" and input.dim() == 5
-                and torch.is_grad_enabled() and weight.requires_grad
-                and self.groups == 1 and self.dilation == (1, 1, 1)
-                and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
-                and not _autocast_on()):
+        if (bias is None and _plain_cpu_conv(self, input) and torch.is_grad_enabled()
+                and weight.requires_grad and not _autocast_on()):
             return _ConvWeightGrad.apply(input, weight, self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
 
@@ -309,12 +315,8 @@ class StemConv3d(nn.Conv3d):
     settings (stride, dilation, groups, padding mode) use :class:`torch.nn.Conv3d` as is.
     """
 
-    def _phased(self) -> bool:
-        return (self.stride == (2, 2, 2) and self.dilation == (1, 1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and isinstance(self.padding, tuple))
-
     def _conv_forward(self, input, weight, bias):
-        if input.device.type != "cpu" or input.dim() != 5 or not self._phased():
+        if self.stride != (2, 2, 2) or not _plain_cpu_conv(self, input):
             return super()._conv_forward(input, weight, bias)
         out = [(n + 2 * p - k) // 2 + 1 for n, p, k in
                zip(input.shape[2:], self.padding, self.kernel_size)]
